@@ -1,0 +1,1 @@
+"""Datasets: LMDB reading and writing, image loading and preprocessing, the benchmark registry."""

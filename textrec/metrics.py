@@ -1,0 +1,64 @@
+"""Evaluation normalisation and scores: word accuracy and 1 - normalised edit distance."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import editdistance
+
+_NOT_ALNUM_LOWER = re.compile(r"[^0-9a-z]")
+
+PROTOCOLS = ("36", "exact")
+
+
+def normalize_for_eval(text: str, protocol: str = "36") -> str:
+    """Text as the benchmark protocol compares it.
+
+    "36": lower-case, then drop every character outside 0-9a-z (the standard protocol).
+    "exact": compare the strings as they are.
+    """
+    if protocol == "36":
+        return _NOT_ALNUM_LOWER.sub("", text.lower())
+    if protocol == "exact":
+        return text
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def normalized_edit_similarity(prediction: str, label: str) -> float:
+    """1 - NED, with NED = edit distance / max(len(prediction), len(label)) (ICDAR 2019 definition)."""
+    longest = max(len(prediction), len(label))
+    if longest == 0:
+        return 1.0
+    return 1.0 - editdistance.eval(prediction, label) / longest
+
+
+@dataclass
+class Score:
+    """Running totals for word accuracy and 1-NED over scored samples."""
+
+    samples: int = 0
+    correct: int = 0
+    similarity: float = 0.0
+
+    def add(self, prediction: str, label: str) -> bool:
+        """Score one (already normalised) pair; returns whether it is correct."""
+        hit = prediction == label
+        self.samples += 1
+        self.correct += int(hit)
+        self.similarity += normalized_edit_similarity(prediction, label)
+        return hit
+
+    def add_failure(self) -> None:
+        """An unreadable sample: it stays in the denominator and counts as wrong with 1-NED 0."""
+        self.samples += 1
+
+    @property
+    def accuracy(self) -> float:
+        """Word accuracy in percent."""
+        return 100.0 * self.correct / self.samples if self.samples else 0.0
+
+    @property
+    def ned(self) -> float:
+        """Mean 1 - NED in [0, 1]."""
+        return self.similarity / self.samples if self.samples else 0.0
