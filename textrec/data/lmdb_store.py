@@ -84,6 +84,26 @@ class LmdbWriter:
             self.abort()
 
 
+# lmdb allows one environment per file and process: readers of the same folder share it.
+# The key includes the data file's inode, so a folder rewritten in place gets a fresh environment.
+_READONLY_ENVS: dict[tuple[int, str, int], lmdb.Environment] = {}
+
+
+def _open_readonly(path: Path) -> lmdb.Environment:
+    try:
+        key = (os.getpid(), str(path.resolve()), (path / "data.mdb").stat().st_ino)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open as LMDB ({exc.strerror or exc})") from None
+    env = _READONLY_ENVS.get(key)
+    if env is None:
+        try:
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
+        except lmdb.Error as exc:
+            raise DataError(f"{path}: cannot open as LMDB ({exc})") from None
+        _READONLY_ENVS[key] = env
+    return env
+
+
 class LmdbDataset:
     """Random access to the samples of one LMDB folder.
 
@@ -112,12 +132,7 @@ class LmdbDataset:
 
     def _txn(self):
         if self._env is None or self._pid != os.getpid():
-            try:
-                self._env = lmdb.open(
-                    str(self.path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64
-                )
-            except lmdb.Error as exc:
-                raise DataError(f"{self.path}: cannot open as LMDB ({exc})") from None
+            self._env = _open_readonly(self.path)
             self._pid = os.getpid()
         return self._env.begin(write=False, buffers=False)
 

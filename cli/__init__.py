@@ -1,0 +1,1 @@
+"""The `textrec` command-line interface (Typer + rich). Parses, calls the library, renders."""

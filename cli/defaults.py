@@ -1,0 +1,21 @@
+"""Default locations: the data root and the shipped model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .common import fail
+
+# The project's `data/` and `checkpoints/` folders, relative to the working directory.
+DEFAULT_DATA_ROOT = Path("data")
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.safetensors"
+
+
+def resolve_checkpoint(checkpoint: Optional[Path]) -> Path:
+    """The given checkpoint, else the shipped model, else a clear error."""
+    if checkpoint is not None:
+        return checkpoint
+    if SHIPPED_CHECKPOINT.is_file():
+        return SHIPPED_CHECKPOINT
+    fail("no --checkpoint given and no shipped model found at " + str(SHIPPED_CHECKPOINT))

@@ -1,0 +1,31 @@
+"""The `textrec` Typer app: one command per job, each a thin wrapper over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from . import data_cmds, eval_cmd, predict_cmd, train_cmd
+
+app = typer.Typer(
+    name="textrec",
+    help="Scene text recognition: CRNN with refined-gate recurrent layers and CTC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("create-lmdb")(data_cmds.create_lmdb)
+app.command("train")(train_cmd.train)
+app.command("eval")(eval_cmd.evaluate)
+app.command("predict")(predict_cmd.predict)
+
+try:
+    from .synth import synth
+except ImportError:  # the renderer's optional dependencies are missing; the other commands still work
+    pass
+else:
+    app.command("synth")(synth)
+
+
+if __name__ == "__main__":
+    app()

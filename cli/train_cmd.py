@@ -1,0 +1,135 @@
+"""`textrec train`: options -> TrainConfig -> textrec.train, with a rich progress display."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from textrec.model.backbones import VGG_CHANNELS
+from textrec.train import TrainCallbacks, TrainConfig, TrainStart
+from textrec.train import train as run_training
+
+from .common import console, err_console, user_errors
+
+MAX_EVENT_LINES = 20
+
+
+class RichCallbacks(TrainCallbacks):
+    """Shows the data mix, a progress bar with loss / speed / ETA, and validation lines."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+        self.events = 0
+
+    def on_start(self, start: TrainStart) -> None:
+        table = Table(title="training data")
+        for column in ("source", "samples", "share", "per batch", "dropped by screening"):
+            table.add_column(column)
+        for source in start.sources:
+            dropped = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in source.dropped.items()) or "-"
+            size = "endless" if source.size is None else str(source.size)
+            table.add_row(source.name, size, f"{source.share:.0%}", str(source.per_batch), dropped)
+        self.progress.console.print(table)
+        for source in start.sources:
+            for example in source.examples:
+                self.progress.console.print(f"  dropped e.g. {example}", style="dim", soft_wrap=True, markup=False)
+        val = ", ".join(f"{name} ({n})" for name, n in start.val_sets) or "none"
+        self.progress.console.print(
+            f"model: {start.parameters / 1e6:.2f} M parameters, {start.frames} output frames; device: {start.device}; "
+            f"validation: {val}"
+        )
+        if start.resumed_from is not None:
+            self.progress.console.print(f"[bold]resuming from step {start.resumed_from}[/]")
+        self.task = self.progress.add_task(
+            "train", total=start.max_steps, completed=start.resumed_from or 0, loss=float("nan"), speed=0.0
+        )
+
+    def on_step(self, step: int, loss: float, lr: float, images_per_second: float) -> None:
+        self.progress.update(self.task, completed=step, loss=loss, speed=images_per_second)
+
+    def on_validation(self, step, results, total, is_best) -> None:
+        parts = ", ".join(f"{r.name} {r.accuracy:.2f}%" for r in results)
+        mark = " [green]best[/]" if is_best else ""
+        self.progress.console.print(
+            f"step {step}: validation word acc. {total.accuracy:.2f}%, 1-NED {total.ned:.4f} ({parts}){mark}"
+        )
+
+    def on_event(self, message: str) -> None:
+        self.events += 1
+        if self.events <= MAX_EVENT_LINES:
+            self.progress.console.print(message, style="yellow", soft_wrap=True, markup=False)
+        elif self.events == MAX_EVENT_LINES + 1:
+            self.progress.console.print("[yellow]further messages are counted in the summary[/]")
+
+
+@user_errors
+def train(
+    train_data: List[str] = typer.Option(..., help="LMDB folder or glob, optionally :RATIO; `synth[:RATIO]` renders on the fly. Repeatable."),
+    val_data: List[Path] = typer.Option([], help="LMDB folder(s) for validation. Repeatable."),
+    output: Path = typer.Option(..., help="Run folder: checkpoints, config and metrics. An existing run there is resumed."),
+    max_steps: int = typer.Option(20000, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
+    rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),
+    refine: str = typer.Option("none", help="Refined gates: none, add or mul."),
+    charset: str = typer.Option("36", help="36, 62, 94, file:PATH, or the characters themselves."),
+    hidden_size: int = typer.Option(256, min=1),
+    channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),
+    width: int = typer.Option(100, min=8, help="Input width in pixels (height is 32)."),
+    augment: bool = typer.Option(True, help="Augment training images."),
+    val_interval: int = typer.Option(500, min=1),
+    val_max_samples: Optional[int] = typer.Option(None, min=1, help="Validate on at most this many samples per set."),
+    save_interval: int = typer.Option(200, min=1, help="Steps between resume saves."),
+    workers: int = typer.Option(2, min=0, help="Data-loading processes."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
+    widths = tuple(int(c) for c in channels.split(",")) if channels else VGG_CHANNELS
+    config = TrainConfig(
+        train_data=list(train_data),
+        val_data=[str(p) for p in val_data],
+        output=str(output),
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        rnn=rnn,
+        refine=refine,
+        charset=charset,
+        hidden_size=hidden_size,
+        channels=widths,
+        width=width,
+        augment=augment,
+        val_interval=val_interval,
+        val_max_samples=val_max_samples,
+        save_interval=save_interval,
+        workers=workers,
+        seed=seed,
+        device=device,
+    )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[speed]:.0f} img/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    ) as progress:
+        result = run_training(config, RichCallbacks(progress))
+    summary = f"{result.steps} steps"
+    if result.best_accuracy is not None:
+        summary += f"; best validation word acc. {result.best_accuracy:.2f}% at step {result.best_step}"
+    if result.skipped_samples:
+        summary += f"; {result.skipped_samples} unreadable samples skipped"
+    if result.nonfinite_steps:
+        summary += f"; {result.nonfinite_steps} steps skipped for non-finite loss/gradient"
+    console.print(f"{summary}. Checkpoints in {result.output} (best.safetensors, last.safetensors)")
+    if result.interrupted:
+        raise typer.Exit(130)

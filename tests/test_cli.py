@@ -1,0 +1,110 @@
+"""The commands, through Typer's test runner, on data the tests generate."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from imagegen import png_bytes, render_word, write_lmdb
+
+from test_train import TINY, WORDS
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained through the CLI on six generated words."""
+    root = tmp_path_factory.mktemp("cli")
+    images = root / "images"
+    images.mkdir()
+    for word in WORDS:
+        render_word(word).save(images / f"{word}.png")
+    (root / "gt.txt").write_text("".join(f"images/{w}.png\t{w}\n" for w in WORDS), encoding="utf-8")
+    result = invoke("create-lmdb", root / "gt.txt", root / "data" / "benchmarks" / "IC13_857")
+    assert result.exit_code == 0, result.output
+    assert "wrote 6 samples" in result.output
+    lmdb_path = root / "data" / "benchmarks" / "IC13_857"
+    result = invoke(
+        "train", "--train-data", lmdb_path, "--val-data", lmdb_path, "--output", root / "run",
+        "--max-steps", 250, "--batch-size", 12, "--lr", 3e-3, "--rnn", "gru", "--refine", "mul",
+        "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"],
+        "--no-augment", "--workers", 0, "--val-interval", 250,
+    )
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_train_reports_result(trained):
+    assert (trained / "run" / "best.safetensors").is_file()
+
+
+def test_eval_benchmark_alias_table_and_json(trained):
+    out = trained / "results.json"
+    result = invoke(
+        "eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "IC13",
+        "--data-root", trained / "data", "--json", out,
+    )
+    assert result.exit_code == 0, result.output
+    assert "IC13 means IC13_857" in result.output
+    assert "IC13_857" in result.output and "100.00" in result.output
+    (record,) = json.loads(out.read_text())
+    assert record["name"] == "IC13_857" and record["samples"] == 6 and record["accuracy"] == 100.0
+    assert 0.99 <= record["ned"] <= 1.0
+
+
+def test_eval_data_and_total_row(trained, tmp_path):
+    other = write_lmdb(tmp_path / "other", [(png_bytes(render_word("cat")), "CAT"), (png_bytes(render_word("x")), "!!")])
+    result = invoke(
+        "eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "IC13_857",
+        "--data-root", trained / "data", "--data", other,
+    )
+    assert result.exit_code == 0, result.output
+    assert "total" in result.output  # sample-weighted last row
+    assert "excluded" in result.output
+
+
+def test_eval_missing_benchmark_is_a_clear_error(trained, tmp_path):
+    result = invoke("eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "SVT", "--data-root", tmp_path)
+    assert result.exit_code == 1
+    assert "benchmark SVT not found" in result.output and "create-lmdb" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_files_folders_globs_and_json(trained):
+    checkpoint = trained / "run" / "best.safetensors"
+    result = invoke("predict", "--checkpoint", checkpoint, trained / "images" / "cat.png")
+    assert result.exit_code == 0, result.output
+    assert result.output.split("\t")[1] == "cat"
+    result = invoke("predict", "--checkpoint", checkpoint, "--json", trained / "images")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert sorted(r["text"] for r in records) == sorted(WORDS)
+    assert all(set(r) == {"image", "text", "confidence"} for r in records)
+    result = invoke("predict", "--checkpoint", checkpoint, str(trained / "images" / "d*.png"))
+    assert result.output.split("\t")[1] == "door"
+
+
+def test_predict_reports_bad_files_and_still_answers_good_ones(trained, tmp_path):
+    (tmp_path / "bad.png").write_text("not an image")
+    render_word("gate").save(tmp_path / "good.png")
+    result = invoke("predict", "--checkpoint", trained / "run" / "best.safetensors", tmp_path, tmp_path / "absent.png")
+    assert result.exit_code == 1
+    assert "good.png\tgate" in result.output
+    assert "bad.png: not a readable image" in result.output
+    assert "absent.png: no such file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_without_checkpoint_or_model(tmp_path, monkeypatch):
+    import cli.defaults
+
+    monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
+    render_word("a").save(tmp_path / "a.png")
+    result = invoke("predict", tmp_path / "a.png")
+    assert result.exit_code == 1 and "no --checkpoint given" in result.output

@@ -1,0 +1,95 @@
+"""A tiny training run that overfits a handful of generated words, then reads them back."""
+
+import json
+
+import pytest
+
+from imagegen import png_bytes, render_word, write_lmdb
+from textrec.checkpoint import load_checkpoint
+from textrec.predict import Recognizer
+from textrec.train import TrainCallbacks, TrainConfig, train
+
+WORDS = ["cat", "door", "42", "gate", "lstm", "text"]
+TINY = dict(channels=(16, 32, 48, 48, 64, 64, 64), hidden_size=48)
+
+
+class Recorder(TrainCallbacks):
+    def __init__(self):
+        self.starts, self.steps, self.validations, self.events = [], [], [], []
+
+    def on_start(self, start):
+        self.starts.append(start)
+
+    def on_step(self, step, loss, lr, images_per_second):
+        self.steps.append((step, loss))
+
+    def on_validation(self, step, results, total, is_best):
+        self.validations.append((step, total.accuracy, is_best))
+
+    def on_event(self, message):
+        self.events.append(message)
+
+
+@pytest.fixture
+def word_set(tmp_path):
+    return write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in WORDS])
+
+
+def tiny_config(word_set, output, **overrides) -> TrainConfig:
+    values = dict(
+        train_data=[str(word_set)],
+        val_data=[str(word_set)],
+        output=str(output),
+        max_steps=250,
+        batch_size=12,
+        lr=3e-3,
+        warmup_steps=20,
+        augment=False,
+        val_interval=125,
+        log_interval=25,
+        save_interval=125,
+        workers=0,
+        rnn="lstm",
+        refine="mul",
+        **TINY,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_overfits_a_handful_of_words(word_set, tmp_path):
+    recorder = Recorder()
+    result = train(tiny_config(word_set, tmp_path / "run"), recorder)
+    assert result.steps == 250 and not result.interrupted
+    assert recorder.starts[0].sources[0].size == len(WORDS)
+    assert recorder.steps[-1][1] < recorder.steps[0][1] / 5  # the loss fell
+    assert result.best_accuracy == 100.0
+    run = tmp_path / "run"
+    for name in ("best.safetensors", "last.safetensors", "resume.pt", "config.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_accuracy" in r for r in records) and any("loss" in r for r in records)
+    # The checkpoint carries everything needed to use it: no architecture flags.
+    checkpoint = load_checkpoint(run / "best.safetensors")
+    assert checkpoint.model_config.refine == "mul" and checkpoint.charset.chars.startswith("0123")
+    recognizer = Recognizer.from_checkpoint(run / "best.safetensors", device="cpu")
+    predictions = recognizer.recognize([render_word(w) for w in WORDS])
+    assert [p.text for p in predictions] == WORDS
+    assert all(0.5 < p.confidence <= 1.0 for p in predictions)
+
+
+def test_finished_run_resumes_and_extends(word_set, tmp_path):
+    train(tiny_config(word_set, tmp_path / "run", max_steps=30, val_interval=30, save_interval=10))
+    recorder = Recorder()
+    result = train(tiny_config(word_set, tmp_path / "run", max_steps=40, val_interval=40, save_interval=10), recorder)
+    assert recorder.starts[0].resumed_from == 30 and result.steps == 40
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_resume_refuses_other_architecture(word_set, tmp_path):
+    from textrec.errors import CheckpointError
+
+    train(tiny_config(word_set, tmp_path / "run", max_steps=10, val_interval=10, save_interval=10))
+    with pytest.raises(CheckpointError, match="refine: 'mul' -> 'add'"):
+        train(tiny_config(word_set, tmp_path / "run", max_steps=20, refine="add"))

@@ -1,0 +1,75 @@
+"""CRNN: a VGG backbone, bidirectional recurrent layers (vanilla or refined gates) and a linear CTC head."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from ..nn import GatedRNN
+from .backbones import VGG, VGG_CHANNELS
+
+BACKBONES = ("vgg",)
+
+
+@dataclass(frozen=True)
+class CRNNConfig:
+    """Everything needed to rebuild the network; stored in every checkpoint."""
+
+    num_classes: int
+    backbone: str = "vgg"
+    in_channels: int = 1
+    channels: tuple[int, ...] = VGG_CHANNELS
+    rnn: str = "lstm"
+    refine: str = "none"
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["channels"] = list(self.channels)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CRNNConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        values = dict(values)
+        if "channels" in values:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+class CRNN(nn.Module):
+    """Images (B, C, H, W) -> per-frame class logits (T, B, num_classes), T = W/4 + 1 for the VGG."""
+
+    def __init__(self, config: CRNNConfig):
+        super().__init__()
+        if config.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        self.config = config
+        self.backbone = VGG(config.in_channels, config.channels)
+        self.sequence = GatedRNN(
+            config.rnn,
+            self.backbone.out_channels,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            bidirectional=True,
+            refine=config.refine,
+            dropout=config.dropout,
+        )
+        self.head = nn.Linear(2 * config.hidden_size, config.num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)  # (B, C, 1, T)
+        sequence = features.squeeze(2).permute(2, 0, 1).contiguous()  # (T, B, C)
+        output, _ = self.sequence(sequence)
+        return self.head(output)
+
+    def output_length(self, width: int) -> int:
+        """Frames the model emits for an input of this width."""
+        return self.backbone.output_width(width)

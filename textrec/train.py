@@ -1,0 +1,434 @@
+"""The training job: data mix -> CRNN -> CTC, with validation, best/last checkpoints and exact resume.
+
+Everything the run writes lives in its output folder:
+  config.json      the TrainConfig of the run
+  resume.pt        full state for resuming (weights, optimizer, scheduler, step, RNG); loaded weights_only
+  last.safetensors the latest model; best.safetensors the best on validation (usable with eval/predict)
+  metrics.jsonl    one JSON object per log interval and per validation
+All files are replaced atomically, so a run killed at any moment resumes from its last save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .charset import Charset
+from .checkpoint import (
+    Checkpoint,
+    atomic_write,
+    describe_config_difference,
+    load_state,
+    load_weights,
+    save_checkpoint,
+    save_state,
+)
+from .data.images import Preprocess
+from .data.lmdb_store import LmdbDataset
+from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from .errors import CheckpointError, DataError, TrainingError
+from .evaluate import BenchmarkResult, combine, evaluate_dataset
+from .model import CRNN, CRNNConfig
+from .model.backbones import VGG_CHANNELS
+from .predict import Recognizer, resolve_device
+
+# Options that define the network and its input: a resumed run must keep them.
+ARCHITECTURE_KEYS = ("rnn", "refine", "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio")
+
+
+@dataclass
+class TrainConfig:
+    train_data: list[str]
+    val_data: list[str]
+    output: str
+    max_steps: int = 20000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 300
+    grad_clip: float = 5.0
+    rnn: str = "lstm"
+    refine: str = "none"
+    hidden_size: int = 256
+    channels: tuple[int, ...] = VGG_CHANNELS
+    dropout: float = 0.0
+    charset: str = "36"
+    height: int = 32
+    width: int = 100
+    keep_ratio: bool = True
+    augment: bool = True
+    val_interval: int = 500
+    val_max_samples: int | None = None
+    log_interval: int = 20
+    save_interval: int = 200
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    max_bad_steps: int = 10
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["channels"] = list(self.channels)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if "channels" in values:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+@dataclass
+class SourceInfo:
+    name: str
+    size: int | None  # None: endless generator
+    share: float
+    per_batch: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainStart:
+    """What the run is about to do, for the caller to show."""
+
+    sources: list[SourceInfo]
+    val_sets: list[tuple[str, int]]
+    parameters: int
+    device: str
+    frames: int
+    resumed_from: int | None
+    max_steps: int
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_accuracy: float | None
+    best_step: int | None
+    interrupted: bool
+    skipped_samples: int
+    nonfinite_steps: int
+    output: str
+
+
+class TrainCallbacks:
+    """Hooks through which the job reports progress; the default does nothing."""
+
+    def on_start(self, start: TrainStart) -> None: ...
+
+    def on_step(self, step: int, loss: float, lr: float, images_per_second: float) -> None: ...
+
+    def on_validation(self, step: int, results: list[BenchmarkResult], total: BenchmarkResult, is_best: bool) -> None: ...
+
+    def on_event(self, message: str) -> None: ...
+
+
+def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
+    return CRNNConfig(
+        num_classes=charset.num_classes,
+        rnn=config.rnn,
+        refine=config.refine,
+        hidden_size=config.hidden_size,
+        channels=tuple(config.channels),
+        dropout=config.dropout,
+    )
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Run:
+    """One training run's state; `train()` below is the entry point."""
+
+    def __init__(self, config: TrainConfig, callbacks: TrainCallbacks):
+        self.config = config
+        self.callbacks = callbacks
+        self.output = Path(config.output)
+        self.charset = Charset.from_spec(config.charset)
+        self.preprocess = Preprocess(height=config.height, width=config.width, keep_ratio=config.keep_ratio)
+        self.model_config = model_config_for(config, self.charset)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model = CRNN(self.model_config).to(self.device)
+        self.frames = self.model.output_length(config.width)
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, warmup, config.max_steps)
+        )
+        self.ctc = nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.best_accuracy: float | None = None
+        self.best_step: int | None = None
+        self.skipped_samples = 0
+        self.nonfinite_steps = 0
+        self.val_sets = [(Path(p).name, LmdbDataset(p)) for p in config.val_data]
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def _checkpoint(self, extra: dict | None = None) -> Checkpoint:
+        info = {"step": self.step, "textrec_version": __version__, "train_config": self.config.to_dict()}
+        info.update(extra or {})
+        return Checkpoint(self.model_config, self.charset, self.preprocess, self.model.state_dict(), info)
+
+    def save_resume(self) -> None:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_accuracy": self.best_accuracy,
+            "best_step": self.best_step,
+            "skipped_samples": self.skipped_samples,
+            "nonfinite_steps": self.nonfinite_steps,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": random.getstate(),
+            "config": self.config.to_dict(),
+        }
+        save_state(self.output / "resume.pt", state)
+        save_checkpoint(self.output / "last.safetensors", self._checkpoint())
+
+    def try_resume(self) -> int | None:
+        path = self.output / "resume.pt"
+        if not path.exists():
+            return None
+        state = load_state(path)
+        saved = {k: state["config"].get(k) for k in ARCHITECTURE_KEYS}
+        wanted = {k: self.config.to_dict()[k] for k in ARCHITECTURE_KEYS}
+        if saved != wanted:
+            raise CheckpointError(
+                f"{path}: the run in this folder was trained with other options "
+                f"({describe_config_difference(saved, wanted)}); use the same options or another --output"
+            )
+        load_weights(self.model, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.best_accuracy = state["best_accuracy"]
+        self.best_step = state["best_step"]
+        self.skipped_samples = state["skipped_samples"]
+        self.nonfinite_steps = state["nonfinite_steps"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        random.setstate(_as_tuple(state["python_rng"]))
+        self._truncate_metrics(self.step)
+        return self.step
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the state we resume from, so the log has no duplicate steps."""
+        path = self.output / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut by the kill
+        atomic_write(path, lambda handle: handle.write("".join(k + "\n" for k in kept).encode()))
+
+    def log(self, record: dict) -> None:
+        with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # --- validation --------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        if not self.val_sets:
+            return
+        recognizer = Recognizer(self.model, self.charset, self.preprocess, self.device)
+        results = [
+            evaluate_dataset(recognizer, dataset, name, max_samples=self.config.val_max_samples)
+            for name, dataset in self.val_sets
+        ]
+        total = combine(results, "validation")
+        is_best = self.best_accuracy is None or total.accuracy > self.best_accuracy
+        if is_best:
+            self.best_accuracy, self.best_step = total.accuracy, self.step
+            save_checkpoint(
+                self.output / "best.safetensors",
+                self._checkpoint({"val_accuracy": total.accuracy, "val_ned": total.ned}),
+            )
+        self.log(
+            {
+                "step": self.step,
+                "val_accuracy": total.accuracy,
+                "val_ned": total.ned,
+                "val_samples": total.samples,
+                "val": {r.name: {"accuracy": r.accuracy, "ned": r.ned, "samples": r.samples} for r in results},
+            }
+        )
+        self.callbacks.on_validation(self.step, results, total, is_best)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        config = self.config
+        if config.max_steps <= 0:
+            raise TrainingError("--max-steps must be positive")
+        self.output.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()
+        atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
+
+        sources, shares = open_sources(
+            config.train_data, self.charset, self.frames, config.seed, {"max_frames": self.frames}
+        )
+        counts = split_batch(config.batch_size, shares)
+        self.callbacks.on_start(
+            TrainStart(
+                sources=[_source_info(s, share, n) for s, share, n in zip(sources, shares, counts)],
+                val_sets=[(name, len(d)) for name, d in self.val_sets],
+                parameters=sum(p.numel() for p in self.model.parameters()),
+                device=str(self.device),
+                frames=self.frames,
+                resumed_from=resumed,
+                max_steps=config.max_steps,
+            )
+        )
+        augment = None
+        if config.augment:
+            from .data.augment import build_augmentation
+
+            augment = build_augmentation()
+        sampler = StepBatchSampler([s.size for s in sources], counts, config.seed, self.step, config.max_steps)
+        loader = torch.utils.data.DataLoader(
+            TrainingSamples(sources, self.charset, self.preprocess, augment),
+            batch_sampler=sampler,
+            collate_fn=Collate(self.charset),
+            num_workers=config.workers,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
+        interrupted = False
+        bad_in_a_row = 0
+        started, images_seen = time.perf_counter(), 0
+        self.model.train()
+        try:
+            for batch in loader:
+                if batch.errors:
+                    self.skipped_samples += len(batch.errors)
+                    for error in batch.errors:
+                        self.callbacks.on_event(f"skipped sample: {error}")
+                if batch.images.numel() == 0:
+                    self.step += 1
+                    continue
+                loss = self._loss(batch)
+                if loss is None:
+                    self.nonfinite_steps += 1
+                    bad_in_a_row += 1
+                    self.callbacks.on_event(f"step {self.step}: non-finite loss or gradient, step skipped")
+                    if bad_in_a_row >= config.max_bad_steps:
+                        self.save_resume()
+                        raise TrainingError(
+                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (last at step "
+                            f"{self.step}); stopped. Lower --lr; the last good state is in {self.output}"
+                        )
+                    self.step += 1
+                    continue
+                bad_in_a_row = 0
+                self.step += 1
+                images_seen += len(batch.labels)
+                if self.step % config.log_interval == 0 or self.step == config.max_steps:
+                    elapsed = time.perf_counter() - started
+                    speed = images_seen / elapsed if elapsed > 0 else 0.0
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.log({"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed})
+                    self.callbacks.on_step(self.step, loss, lr, speed)
+                    started, images_seen = time.perf_counter(), 0
+                if self.step % config.val_interval == 0 or self.step == config.max_steps:
+                    self.validate()
+                    self.model.train()
+                if self.step % config.save_interval == 0 or self.step == config.max_steps:
+                    self.save_resume()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.save_resume()
+            self.callbacks.on_event(f"interrupted: state saved at step {self.step}; run the same command to resume")
+        if not (self.output / "last.safetensors").exists():
+            self.save_resume()
+        return TrainResult(
+            steps=self.step,
+            best_accuracy=self.best_accuracy,
+            best_step=self.best_step,
+            interrupted=interrupted,
+            skipped_samples=self.skipped_samples,
+            nonfinite_steps=self.nonfinite_steps,
+            output=str(self.output),
+        )
+
+    def _loss(self, batch) -> float | None:
+        """One optimisation step; returns the loss, or None when the loss or gradient was not finite."""
+        images = batch.images.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            logits = self.model(images)
+        log_probs = logits.float().log_softmax(2)
+        frames, size = log_probs.shape[:2]
+        input_lengths = torch.full((size,), frames, dtype=torch.long)
+        loss = self.ctc(log_probs, batch.targets, input_lengths, batch.target_lengths)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.use_amp:
+                self.scaler.update()  # let the scaler back off; its own skip would hide the count
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+
+def _as_tuple(value):
+    """random.setstate needs tuples; a weights_only load may return lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _source_info(source, share: float, per_batch: int) -> SourceInfo:
+    screening = getattr(source, "screening", None)
+    dropped, examples = {}, []
+    if screening is not None:
+        dropped = {
+            k: getattr(screening, k) for k in ("empty", "unknown_chars", "too_long", "unreadable") if getattr(screening, k)
+        }
+        examples = list(screening.examples)
+    return SourceInfo(source.name, source.size, share, per_batch, dropped, examples)
+
+
+def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Train (or resume, when `config.output` holds a run) and return a summary."""
+    return _Run(config, callbacks or TrainCallbacks()).run()
