@@ -1,0 +1,78 @@
+"""`textrec synth`: render synthetic word images into an LMDB (and optionally a preview sheet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from textrec.charset import DEFAULT_CHARSET, Charset
+from textrec.data.synth import IMAGE_FORMATS, SynthRenderer, make_preview, write_synth_lmdb
+
+from .common import console, err_console, user_errors, warn
+
+
+@user_errors
+def synth(
+    output_dir: Path = typer.Argument(..., help="LMDB folder to create (must not exist or be empty)."),
+    count: int = typer.Option(..., "--count", "-n", min=1, help="Number of images to render."),
+    seed: int = typer.Option(0, help="Seed: the same seed (and fonts, words, charset) gives the same LMDB."),
+    fonts: Optional[List[Path]] = typer.Option(
+        None, "--fonts", help="Extra font folder or file (.ttf/.otf/.ttc), searched recursively. Repeatable."
+    ),
+    system_fonts: bool = typer.Option(True, help="Also use the fonts installed on this machine."),
+    words: Optional[Path] = typer.Option(
+        None, help="Word list replacing the built-in dictionary: one word a line, optionally `word<TAB>weight`."
+    ),
+    charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels must fit: 36, 62, 94, file:PATH or the characters."),
+    max_frames: int = typer.Option(26, min=1, help="CTC frames of the model: labels are generated to fit them."),
+    workers: int = typer.Option(1, min=1, help="Rendering processes."),
+    image_format: str = typer.Option("jpeg", "--format", help=f"Image encoding in the LMDB: {', '.join(IMAGE_FORMATS)}."),
+    preview: Optional[Path] = typer.Option(None, help="Also write a contact sheet PNG of the first samples."),
+    preview_count: int = typer.Option(48, min=1, help="Samples on the preview sheet."),
+) -> None:
+    """Render synthetic scene-text word images (many fonts, backgrounds, distortions) into an LMDB."""
+    chars = Charset.from_spec(charset)
+    renderer = SynthRenderer(
+        seed, chars, max_frames, [str(f) for f in fonts or []], str(words) if words else None, system_fonts
+    )
+    names = ", ".join(f.name for f in renderer.faces[:-1][:6]) + (" ..." if renderer.font_count > 6 else "")
+    if renderer.font_count:
+        console.print(f"fonts: {renderer.font_count} found ({names}) + Pillow's built-in font")
+    else:
+        warn(
+            "no fonts found; rendering with Pillow's built-in font only. For variety install font packages "
+            "(e.g. fonts-liberation2, fonts-urw-base35) or pass --fonts DIR"
+        )
+    for path, reason in renderer.rejected_fonts[:5]:
+        warn(f"font not used: {path}: {reason}")
+    word_list = renderer.text.words
+    if word_list is None:
+        console.print("words: none (the charset has no letters); numbers, codes and random strings only")
+    else:
+        dropped = f", {word_list.dropped:,} not writable with the charset" if word_list.dropped else ""
+        console.print(f"words: {len(word_list.words):,} from {word_list.source}{dropped}")
+
+    with Progress(
+        TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
+    ) as progress:
+        task = progress.add_task("", total=count)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = write_synth_lmdb(
+            output_dir, count, seed, chars, workers=workers, on_progress=on_progress,
+            max_frames=max_frames, image_format=image_format, renderer=renderer,
+        )
+    console.print(
+        f"wrote {report.written:,} images to {report.output} in {report.seconds:.1f} s "
+        f"({report.images_per_second:,.0f} images/s with {workers} worker{'s' if workers > 1 else ''}, "
+        f"{report.bytes_written / max(1, report.written) / 1024:.1f} KiB per image)"
+    )
+    if preview is not None:
+        samples = [renderer.render(i) for i in range(min(preview_count, count))]
+        make_preview(samples, preview, columns=4)
+        console.print(f"preview: {preview}")
