@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import data_cmds, eval_cmd, predict_cmd, train_cmd
+from . import data_cmds, eval_cmd, predict_cmd, synth, train_cmd
 
 app = typer.Typer(
     name="textrec",
@@ -18,13 +18,8 @@ app.command("create-lmdb")(data_cmds.create_lmdb)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("predict")(predict_cmd.predict)
-
-try:
-    from .synth import synth
-except ImportError:  # the renderer's optional dependencies are missing; the other commands still work
-    pass
-else:
-    app.command("synth")(synth)
+app.command("synth")(synth.synth)
+app.command("samples")(synth.samples)
 
 
 if __name__ == "__main__":

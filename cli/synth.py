@@ -76,3 +76,17 @@ def synth(
         samples = [renderer.render(i) for i in range(min(preview_count, count))]
         make_preview(samples, preview, columns=4)
         console.print(f"preview: {preview}")
+
+
+@user_errors
+def samples(
+    output_dir: Path = typer.Argument(Path("data/samples"), help="Folder for the PNG files and their gt.txt."),
+    count: int = typer.Option(12, "--count", "-n", min=1),
+    seed: int = typer.Option(2026, help="Seed of the renderer: the same seed gives the same images."),
+    charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels fit."),
+) -> None:
+    """Render a few synthetic word images as PNG files (with a gt.txt) to try `predict`, `create-lmdb` and `eval` on."""
+    from textrec.data.synth import write_sample_images
+
+    written = write_sample_images(output_dir, count, seed, Charset.from_spec(charset))
+    console.print(f"wrote {len(written)} images and {output_dir / 'gt.txt'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ from textrec.model.backbones import VGG_CHANNELS
 from textrec.train import TrainCallbacks, TrainConfig, TrainStart
 from textrec.train import train as run_training
 
-from .common import console, err_console, user_errors
+from .common import console, err_console, fail, user_errors
 
 MAX_EVENT_LINES = 20
 
@@ -67,11 +68,32 @@ class RichCallbacks(TrainCallbacks):
             self.progress.console.print("[yellow]further messages are counted in the summary[/]")
 
 
+def _merge_config_file(ctx: typer.Context, values: dict, path: Path) -> dict:
+    """Values from a TOML recipe for every option not given on the command line."""
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        fail(f"{path}: cannot read the config file ({exc})")
+    recipe = {key.replace("-", "_"): value for key, value in recipe.items()}
+    unknown = sorted(set(recipe) - set(values))
+    if unknown:
+        fail(f"{path}: unknown option(s) {', '.join(unknown)}; use the names of `textrec train --help`")
+    merged = dict(values)
+    for key, value in recipe.items():
+        # Compared by name: typer may use click or its own vendored copy of it.
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name == "DEFAULT":
+            merged[key] = value
+    return merged
+
+
 @user_errors
 def train(
-    train_data: List[str] = typer.Option(..., help="LMDB folder or glob, optionally :RATIO; `synth[:RATIO]` renders on the fly. Repeatable."),
-    val_data: List[Path] = typer.Option([], help="LMDB folder(s) for validation. Repeatable."),
-    output: Path = typer.Option(..., help="Run folder: checkpoints, config and metrics. An existing run there is resumed."),
+    ctx: typer.Context,
+    train_data: List[str] = typer.Option([], help="LMDB folder or glob, optionally :RATIO; `synth[:RATIO]` renders on the fly. Repeatable."),
+    val_data: List[str] = typer.Option([], help="LMDB folder(s) for validation. Repeatable."),
+    output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, config and metrics. An existing run there is resumed."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML recipe of these options (e.g. max_steps = 20000); the command line overrides it."),
     max_steps: int = typer.Option(20000, min=1),
     batch_size: int = typer.Option(64, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
@@ -90,27 +112,19 @@ def train(
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
 ) -> None:
     """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
-    widths = tuple(int(c) for c in channels.split(",")) if channels else VGG_CHANNELS
-    config = TrainConfig(
-        train_data=list(train_data),
-        val_data=[str(p) for p in val_data],
-        output=str(output),
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        rnn=rnn,
-        refine=refine,
-        charset=charset,
-        hidden_size=hidden_size,
-        channels=widths,
-        width=width,
-        augment=augment,
-        val_interval=val_interval,
-        val_max_samples=val_max_samples,
-        save_interval=save_interval,
-        workers=workers,
-        seed=seed,
-        device=device,
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
+    if config is not None:
+        values = _merge_config_file(ctx, values, config)
+    if not values["train_data"]:
+        fail("give at least one --train-data (or train_data in --config)")
+    if values["output"] is None:
+        fail("give --output (or output in --config)")
+    widths = values.pop("channels")
+    if isinstance(widths, str):
+        widths = tuple(int(c) for c in widths.split(","))
+    train_config = TrainConfig(
+        **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
+           "output": str(values["output"]), "channels": tuple(widths) if widths else VGG_CHANNELS}
     )
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -122,7 +136,7 @@ def train(
         TimeRemainingColumn(),
         console=err_console,
     ) as progress:
-        result = run_training(config, RichCallbacks(progress))
+        result = run_training(train_config, RichCallbacks(progress))
     summary = f"{result.steps} steps"
     if result.best_accuracy is not None:
         summary += f"; best validation word acc. {result.best_accuracy:.2f}% at step {result.best_step}"

@@ -108,3 +108,28 @@ def test_predict_without_checkpoint_or_model(tmp_path, monkeypatch):
     render_word("a").save(tmp_path / "a.png")
     result = invoke("predict", tmp_path / "a.png")
     assert result.exit_code == 1 and "no --checkpoint given" in result.output
+
+
+def test_train_from_a_config_file_with_overrides(tmp_path, trained):
+    recipe = tmp_path / "recipe.toml"
+    lmdb_path = trained / "data" / "benchmarks" / "IC13_857"
+    recipe.write_text(
+        f'train_data = ["{lmdb_path}"]\noutput = "{tmp_path / "run"}"\nmax_steps = 3\nbatch_size = 6\n'
+        f'channels = {list(TINY["channels"])}\nhidden_size = {TINY["hidden_size"]}\nworkers = 0\naugment = false\n'
+        'refine = "add"\n',
+        encoding="utf-8",
+    )
+    result = invoke("train", "--config", recipe, "--max-steps", 2, "--rnn", "mgu")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["max_steps"], saved["batch_size"], saved["rnn"], saved["refine"]) == (2, 6, "mgu", "add")
+    recipe.write_text("max_stepz = 3\n", encoding="utf-8")
+    result = invoke("train", "--config", recipe)
+    assert result.exit_code == 1 and "unknown option(s) max_stepz" in result.output
+
+
+def test_samples_renders_pngs_with_a_gt_file(tmp_path):
+    result = invoke("samples", tmp_path / "s", "--count", 3)
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "s" / "gt.txt").read_text().splitlines()
+    assert len(lines) == 3 and all((tmp_path / "s" / line.split("\t")[0]).is_file() for line in lines)

@@ -93,3 +93,20 @@ def test_resume_refuses_other_architecture(word_set, tmp_path):
     train(tiny_config(word_set, tmp_path / "run", max_steps=10, val_interval=10, save_interval=10))
     with pytest.raises(CheckpointError, match="refine: 'mul' -> 'add'"):
         train(tiny_config(word_set, tmp_path / "run", max_steps=20, refine="add"))
+
+
+def test_worker_processes_read_the_lmdbs(word_set, tmp_path):
+    """Worker processes must open their own LMDB environments (py-lmdb forbids inheriting one)."""
+    recorder = Recorder()
+    result = train(tiny_config(word_set, tmp_path / "run", max_steps=4, workers=1, val_interval=4), recorder)
+    assert result.steps == 4 and result.skipped_samples == 0, recorder.events[:3]
+
+
+def test_unreadable_data_stops_with_a_clear_error(tmp_path):
+    from textrec.errors import TrainingError
+
+    junk = write_lmdb(tmp_path / "junk", [(b"not an image", "word")] * 4)
+    recorder = Recorder()
+    with pytest.raises(TrainingError, match="no readable sample"):
+        train(tiny_config(junk, tmp_path / "run", val_data=[], max_bad_steps=3), recorder)
+    assert any("not a readable image" in e for e in recorder.events)

@@ -32,7 +32,7 @@ from .checkpoint import (
     save_state,
 )
 from .data.images import Preprocess
-from .data.lmdb_store import LmdbDataset
+from .data.lmdb_store import LmdbDataset, close_all
 from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
 from .errors import CheckpointError, DataError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
@@ -330,6 +330,8 @@ class _Run:
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
         )
+        if config.workers > 0:
+            close_all()  # the workers open their own LMDB environments
         interrupted = False
         bad_in_a_row = 0
         started, images_seen = time.perf_counter(), 0
@@ -341,6 +343,11 @@ class _Run:
                     for error in batch.errors:
                         self.callbacks.on_event(f"skipped sample: {error}")
                 if batch.images.numel() == 0:
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= config.max_bad_steps:
+                        raise TrainingError(
+                            f"{bad_in_a_row} batches in a row had no readable sample (last error: {batch.errors[-1]})"
+                        )
                     self.step += 1
                     continue
                 loss = self._loss(batch)

@@ -87,6 +87,20 @@ class LmdbWriter:
 # lmdb allows one environment per file and process: readers of the same folder share it.
 # The key includes the data file's inode, so a folder rewritten in place gets a fresh environment.
 _READONLY_ENVS: dict[tuple[int, str, int], lmdb.Environment] = {}
+# Bumped by close_all(), so datasets know their environment was closed and reopen it.
+_generation = 0
+
+
+def close_all() -> None:
+    """Close every environment this process opened for reading.
+
+    Call it before forking worker processes: py-lmdb remembers open environments across fork(),
+    and a child could then neither use the parent's environment nor open its own.
+    """
+    global _generation
+    for key in [k for k in _READONLY_ENVS if k[0] == os.getpid()]:
+        _READONLY_ENVS.pop(key).close()
+    _generation += 1
 
 
 def _open_readonly(path: Path) -> lmdb.Environment:
@@ -118,7 +132,7 @@ class LmdbDataset:
         if not (self.path / "data.mdb").is_file():
             raise DataError(f"{self.path}: not an LMDB folder (no data.mdb inside)")
         self._env = None
-        self._pid = None
+        self._opened_as = None  # (pid, generation) the environment belongs to
         with self._txn() as txn:
             raw = txn.get(NUM_SAMPLES_KEY)
         if raw is None:
@@ -131,9 +145,9 @@ class LmdbDataset:
             raise DataError(f"{self.path}: 'num-samples' is negative ({self.num_samples})")
 
     def _txn(self):
-        if self._env is None or self._pid != os.getpid():
+        if self._opened_as != (os.getpid(), _generation):
             self._env = _open_readonly(self.path)
-            self._pid = os.getpid()
+            self._opened_as = (os.getpid(), _generation)
         return self._env.begin(write=False, buffers=False)
 
     def __len__(self) -> int:

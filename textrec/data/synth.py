@@ -748,3 +748,24 @@ def make_preview(samples: list[SynthSample], path: str | Path, columns: int = 4,
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG", optimize=True)
     return path
+
+
+def write_sample_images(
+    output: str | Path, count: int, seed: int, charset: Charset, max_frames: int = 26
+) -> list[tuple[Path, str]]:
+    """Render `count` samples as PNG files plus a `gt.txt` (`file<TAB>label`, the create-lmdb input format).
+
+    For trying `predict` and `create-lmdb`/`eval` on images the project makes itself.
+    """
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    renderer = SynthRenderer(seed, charset, max_frames)
+    written = []
+    for index in range(count):
+        image, label = renderer.render(index)
+        path = folder / f"word_{index + 1:03d}.png"
+        image.save(path)
+        written.append((path, label))
+    lines = "".join(f"{path.name}\t{label}\n" for path, label in written)
+    (folder / "gt.txt").write_text(lines, encoding="utf-8")
+    return written
