@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tomllib
 from pathlib import Path
 from typing import List, Optional
@@ -68,6 +69,10 @@ class RichCallbacks(TrainCallbacks):
             self.progress.console.print("[yellow]further messages are counted in the summary[/]")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _merge_config_file(ctx: typer.Context, values: dict, path: Path) -> dict:
     """Values from a TOML recipe for every option not given on the command line."""
     try:
@@ -126,6 +131,8 @@ def train(
         **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
            "output": str(values["output"]), "channels": tuple(widths) if widths else VGG_CHANNELS}
     )
+    # A scheduler's SIGTERM is handled like Ctrl-C: the job saves its state and stops cleanly.
+    signal.signal(signal.SIGTERM, _interrupt)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -144,6 +151,7 @@ def train(
         summary += f"; {result.skipped_samples} unreadable samples skipped"
     if result.nonfinite_steps:
         summary += f"; {result.nonfinite_steps} steps skipped for non-finite loss/gradient"
-    console.print(f"{summary}. Checkpoints in {result.output} (best.safetensors, last.safetensors)")
+    saved = ", ".join(n for n in ("best.safetensors", "last.safetensors") if (Path(result.output) / n).is_file())
+    console.print(f"{summary}. Checkpoints in {result.output} ({saved})")
     if result.interrupted:
         raise typer.Exit(130)

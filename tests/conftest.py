@@ -14,3 +14,15 @@ def word_lmdb(tmp_path) -> tuple[Path, list[str]]:
     words = ["text", "CRNN", "gate", "Hello", "2024", "lmdb"]
     path = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in words])
     return path, words
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a loaded 2-core machine
+    threads that wait on each other make a training step ~50x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

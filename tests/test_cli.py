@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     lmdb_path = root / "data" / "benchmarks" / "IC13_857"
     result = invoke(
         "train", "--train-data", lmdb_path, "--val-data", lmdb_path, "--output", root / "run",
-        "--max-steps", 250, "--batch-size", 12, "--lr", 3e-3, "--rnn", "gru", "--refine", "mul",
+        "--max-steps", 250, "--batch-size", 12, "--lr", 3e-3, "--rnn", "lstm", "--refine", "mul",
         "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"],
         "--no-augment", "--workers", 0, "--val-interval", 250,
     )
@@ -133,3 +133,26 @@ def test_samples_renders_pngs_with_a_gt_file(tmp_path):
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "s" / "gt.txt").read_text().splitlines()
     assert len(lines) == 3 and all((tmp_path / "s" / line.split("\t")[0]).is_file() for line in lines)
+
+
+def test_export_half_reads_the_same_and_onnx_is_written(trained, tmp_path):
+    from textrec.predict import Recognizer
+
+    source = trained / "run" / "best.safetensors"
+    half = tmp_path / "half.safetensors"
+    result = invoke("export", source, half, "--half")
+    assert result.exit_code == 0, result.output
+    assert half.stat().st_size < 0.6 * source.stat().st_size
+    images = [render_word(w) for w in WORDS]
+    full_read = Recognizer.from_checkpoint(source, device="cpu").recognize(images)
+    half_read = Recognizer.from_checkpoint(half, device="cpu").recognize(images)
+    assert [r.text for r in half_read] == [r.text for r in full_read]
+    result = invoke("export", source, tmp_path / "model.onnx", "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["images"]
+    result = invoke("export", source, tmp_path / "x", "--format", "tflite")
+    assert result.exit_code == 1 and "unknown format" in result.output

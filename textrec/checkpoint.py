@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,10 +42,11 @@ class Checkpoint:
     preprocess: Preprocess
     state_dict: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    source: str = "checkpoint"  # how messages name it: the file it was loaded from
 
     def build_model(self) -> CRNN:
         model = CRNN(self.model_config)
-        load_weights(model, self.state_dict, "checkpoint")
+        load_weights(model, self.state_dict, self.source)
         return model
 
 
@@ -56,6 +58,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -145,7 +150,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state_dict = load_safetensors_bytes(raw)
     except (SafetensorError, ValueError) as exc:
         raise CheckpointError(f"{where}: corrupt weights ({exc})") from None
-    return Checkpoint(model_config, charset, preprocess, state_dict, info)
+    return Checkpoint(model_config, charset, preprocess, state_dict, info, source=where)
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
@@ -170,20 +175,46 @@ def describe_config_difference(saved: dict, wanted: dict) -> str:
     return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k))
 
 
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that `atomic_write` leaves when its process is killed mid-write."""
+    removed = []
+    for temp in Path(folder).glob(".*.tmp"):
+        try:
+            temp.unlink()
+            removed.append(temp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def save_state(path: str | Path, state: dict) -> None:
     """Save training state (tensors, numbers, strings, containers) atomically with torch.save."""
     atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """The reason inside torch's weights_only error, without its advice to load the file unsafely."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(exc).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(boilerplate):
+            return line.rstrip(".")
+    return "unsupported content"
 
 
 def load_state(path: str | Path) -> dict:
     """Load training state with `weights_only=True`: a file that would run code is refused."""
     where = str(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols; errors are reported below
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{where}: training state not found") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(f"{where}: refused, the file holds objects that a safe load cannot accept ({first})") from None
+        raise CheckpointError(
+            f"{where}: refused, not plain training state ({_unpickling_detail(exc)}); "
+            "textrec never loads a file in a way that could run code from it"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(f"{where}: corrupt training state ({str(exc).splitlines()[0] if str(exc) else exc})") from None

@@ -10,9 +10,12 @@ All files are replaced atomically, so a run killed at any moment resumes from it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,6 +31,7 @@ from .checkpoint import (
     describe_config_difference,
     load_state,
     load_weights,
+    remove_temp_files,
     save_checkpoint,
     save_state,
 )
@@ -219,8 +223,17 @@ class _Run:
     def try_resume(self) -> int | None:
         path = self.output / "resume.pt"
         if not path.exists():
+            self._truncate_metrics(0)  # lines of a run killed before its first save
             return None
         state = load_state(path)
+        try:
+            self._restore(path, state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{path}: incomplete or invalid training state ({type(exc).__name__}: {exc})") from None
+        self._truncate_metrics(self.step)
+        return self.step
+
+    def _restore(self, path: Path, state: dict) -> None:
         saved = {k: state["config"].get(k) for k in ARCHITECTURE_KEYS}
         wanted = {k: self.config.to_dict()[k] for k in ARCHITECTURE_KEYS}
         if saved != wanted:
@@ -241,8 +254,6 @@ class _Run:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(_as_tuple(state["python_rng"]))
-        self._truncate_metrics(self.step)
-        return self.step
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines written after the state we resume from, so the log has no duplicate steps."""
@@ -298,6 +309,7 @@ class _Run:
         if config.max_steps <= 0:
             raise TrainingError("--max-steps must be positive")
         self.output.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(self.output)  # half-written files of a run killed while saving
         resumed = self.try_resume()
         atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
 
@@ -329,6 +341,10 @@ class _Run:
             num_workers=config.workers,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
+            # Its own generator: the loader must not draw from the global RNG, or a resumed run's
+            # random stream (dropout) would be shifted by one draw against the uninterrupted run.
+            generator=torch.Generator().manual_seed(config.seed),
+            worker_init_fn=_leave_termination_to_main_process,
         )
         if config.workers > 0:
             close_all()  # the workers open their own LMDB environments
@@ -350,7 +366,11 @@ class _Run:
                         )
                     self.step += 1
                     continue
-                loss = self._loss(batch)
+                with _interrupts_held():  # Ctrl-C never splits a weight update from its step count
+                    loss = self._loss(batch)
+                    if loss is not None:
+                        bad_in_a_row = 0
+                        self.step += 1
                 if loss is None:
                     self.nonfinite_steps += 1
                     bad_in_a_row += 1
@@ -363,8 +383,6 @@ class _Run:
                         )
                     self.step += 1
                     continue
-                bad_in_a_row = 0
-                self.step += 1
                 images_seen += len(batch.labels)
                 if self.step % config.log_interval == 0 or self.step == config.max_steps:
                     elapsed = time.perf_counter() - started
@@ -418,6 +436,33 @@ class _Run:
         self.scaler.update()
         self.scheduler.step()
         return float(loss.detach())
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold SIGINT (Ctrl-C) and SIGTERM until the block ends, then hand them to the Python handlers that were there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: handler for s, handler in previous.items() if callable(handler)}
+    held = []
+    for number in previous:
+        signal.signal(number, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    for signum, frame in held:
+        previous[signum](signum, frame)
+
+
+def _leave_termination_to_main_process(worker_id: int) -> None:
+    """Workers ignore SIGTERM: a scheduler signals the whole process group, and the main process
+    must be the one to stop, save its state and end the workers (torch's workers already leave
+    SIGINT to it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _as_tuple(value):

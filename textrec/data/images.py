@@ -59,6 +59,7 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise DataError(f"{label}: cannot open ({exc.strerror or exc})") from None
     try:
         with handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd metadata (corrupt EXIF): not a problem to report
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(handle)
             width, height = image.size

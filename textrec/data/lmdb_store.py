@@ -157,6 +157,15 @@ class LmdbDataset:
         """How messages name a record: the folder and the 1-based key number."""
         return f"{self.path} record {index + 1}"
 
+    def _missing(self, txn, index: int, which: str) -> RecordError:
+        other, other_key = ("label", label_key(index)) if which == "image" else ("image", image_key(index))
+        if txn.get(other_key) is not None:
+            return RecordError(self.where(index), f"{which} key is missing")
+        return RecordError(
+            self.where(index),
+            f"{which} key is missing, and so is the {other}: num-samples ({self.num_samples}) counts a record the LMDB does not hold",
+        )
+
     def read_label(self, index: int) -> str:
         with self._txn() as txn:
             return self._label(txn, index)
@@ -164,7 +173,7 @@ class LmdbDataset:
     def _label(self, txn, index: int) -> str:
         raw = txn.get(label_key(index))
         if raw is None:
-            raise RecordError(self.where(index), "label key is missing")
+            raise self._missing(txn, index, "label")
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -177,7 +186,7 @@ class LmdbDataset:
         with self._txn() as txn:
             image = txn.get(image_key(index))
             if image is None:
-                raise RecordError(self.where(index), "image key is missing")
+                raise self._missing(txn, index, "image")
             return image, self._label(txn, index)
 
     def read_image(self, index: int):
