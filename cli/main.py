@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import data_cmds, eval_cmd, predict_cmd, synth, train_cmd
+from . import data_cmds, eval_cmd, export_cmd, predict_cmd, synth, train_cmd
 
 app = typer.Typer(
     name="textrec",
@@ -18,6 +18,7 @@ app.command("create-lmdb")(data_cmds.create_lmdb)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("predict")(predict_cmd.predict)
+app.command("export")(export_cmd.export)
 app.command("synth")(synth.synth)
 app.command("samples")(synth.samples)
 

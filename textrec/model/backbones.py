@@ -17,7 +17,7 @@ class VGG(nn.Module):
 
     A 32-pixel-high input of width W becomes a 1-pixel-high map of width W/4 + 1 (26 frames for
     W = 100): two 2x2 poolings, then two poolings of stride (2, 1) padded on the width, then a 2x2
-    convolution. Any other height is reduced to 1 by an adaptive average pool.
+    convolution. Any other height is reduced to 1 by averaging over the height.
     """
 
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = VGG_CHANNELS):
@@ -34,7 +34,6 @@ class VGG(nn.Module):
             *_conv(c[5], c[6], kernel=2, padding=0),
         ]
         self.features = nn.Sequential(*layers)
-        self.pool_height = nn.AdaptiveAvgPool2d((1, None))
         self.out_channels = c[6]
 
     @staticmethod
@@ -43,4 +42,5 @@ class VGG(nn.Module):
         return (width // 2) // 2 + 1
 
     def forward(self, images):
-        return self.pool_height(self.features(images))
+        # A mean over the height (the identity for 32-pixel inputs); unlike adaptive pooling it exports to ONNX.
+        return self.features(images).mean(dim=2, keepdim=True)
