@@ -1,0 +1,12 @@
+"""Recurrent layers with refined gates (Cheng et al., 2020, arXiv 2002.11338).
+
+``GatedRNN`` covers LSTM, GRU and MGU, each with ``refine = "none" | "add" | "mul"``,
+with the interface of ``torch.nn.LSTM``. ``recording_gates`` / ``gate_stats`` collect and
+summarise gate activations for saturation studies.
+"""
+
+from .gates import MODES, REFINES, SIGMOID_GATES
+from .rnn import GatedRNN
+from .stats import gate_stats, recording_gates
+
+__all__ = ["GatedRNN", "MODES", "REFINES", "SIGMOID_GATES", "gate_stats", "recording_gates"]

@@ -1,0 +1,324 @@
+"""`GatedRNN`: multi-layer (bi)directional LSTM / GRU / MGU with optional refined gates.
+
+Parameters use torch.nn.LSTM / torch.nn.GRU names and layouts (``weight_ih_l0``,
+``weight_hh_l0_reverse``, ...), so vanilla weights load with ``load_state_dict`` and
+``GatedRNN.from_torch`` is a plain copy. MGU uses the same names with two row blocks
+``(f, n)``. A refined layer whose input width differs from the hidden width has one more
+bias-free matrix, ``weight_refine_l{k}[_reverse]`` (hidden, input), that maps the input to
+``x̃_t``; it is shared by all refined gates of that layer and direction.
+
+The library never prints: it is used inside training loops and servers whose callers
+own the console; everything a caller may want to know is returned or raised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import fused
+from .cells import STEPS
+from .gates import GATE_ORDER, SIGMOID_GATES, check_mode, check_refine, resolve_refine_gates
+
+
+class GatedRNN(nn.Module):
+    """Drop-in for ``torch.nn.LSTM`` / ``torch.nn.GRU`` (and an MGU) with refined gates.
+
+    Args:
+        mode: ``"lstm"``, ``"gru"`` or ``"mgu"``.
+        input_size, hidden_size, num_layers, bidirectional, batch_first, dropout: as in
+            ``torch.nn.LSTM`` (dropout acts on the outputs of every layer but the last).
+        refine: ``"none"`` (vanilla gates), ``"add"`` (``σ(W x + U h + b) + x̃``) or
+            ``"mul"`` (``σ(W x + U h + b) ⊙ x̃``).
+        refine_gates: which sigmoid gates to refine; default all of them:
+            ``("i", "f", "o")`` for LSTM, ``("r", "z")`` for GRU, ``("f",)`` for MGU.
+
+    ``x̃_t`` is the layer input itself when its width equals ``hidden_size`` and a learned
+    bias-free linear projection of it otherwise (the paper only defines the equal-width
+    case; a projection is the smallest addition that keeps the short connection).
+
+    ``forward(x, state=None) -> (output, state)`` with torch's shapes: output
+    ``(T, B, D*H)`` (``(B, T, D*H)`` if batch_first); state ``(h, c)`` for LSTM and ``h``
+    for GRU / MGU, each ``(num_layers*D, B, H)``.
+
+    Set ``record_gates = True`` (or use :func:`textrec.nn.recording_gates`) to keep the
+    gate values of the last forward in ``last_gates`` (see :func:`textrec.nn.gate_stats`).
+    ``fast = False`` selects the eager step-by-step path (the reference the fused path is
+    tested against).
+
+    Performance notes: the fused path (``fused.py``) has a hand-written backward and, while
+    no gradient is needed, caches its stacked weights. On CPU, gradients that fade over
+    hundreds of steps can become denormal floats and slow matrix products down ~100x; call
+    ``torch.set_flush_denormal(True)`` in such training scripts (the library does not change
+    that process-wide flag itself).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        refine: str = "none",
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        refine_gates: Iterable[str] | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.mode = check_mode(mode)
+        self.refine = check_refine(refine)
+        self.refine_gates = resolve_refine_gates(self.mode, self.refine, refine_gates)
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.record_gates = False
+        self.last_gates: dict[str, tuple[Tensor, Tensor]] = {}
+        self.fast = True
+
+        factory = {"device": device, "dtype": dtype}
+        blocks = len(GATE_ORDER[self.mode])
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                sfx = self._suffix(layer, direction)
+                self.register_parameter(f"weight_ih{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, layer_input, **factory)))
+                self.register_parameter(f"weight_hh{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, hidden_size, **factory)))
+                self.register_parameter(f"bias_ih{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
+                self.register_parameter(f"bias_hh{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
+                if self.refine_gates and layer_input != hidden_size:
+                    self.register_parameter(f"weight_refine{sfx}", nn.Parameter(torch.empty(hidden_size, layer_input, **factory)))
+        self.reset_parameters()
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation: every weight and bias uniform in ±1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def layer_params(self, layer: int, direction: int) -> dict[str, Tensor | None]:
+        sfx = self._suffix(layer, direction)
+        return {
+            "w_ih": getattr(self, f"weight_ih{sfx}"),
+            "w_hh": getattr(self, f"weight_hh{sfx}"),
+            "b_ih": getattr(self, f"bias_ih{sfx}"),
+            "b_hh": getattr(self, f"bias_hh{sfx}"),
+            "w_refine": getattr(self, f"weight_refine{sfx}", None),
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.mode}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        if self.batch_first:
+            text += ", batch_first=True"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if self.refine != "none":
+            text += f", refine={self.refine!r}, refine_gates={self.refine_gates!r}"
+        return text
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, refine: str = "none", refine_gates: Iterable[str] | None = None) -> "GatedRNN":
+        """A GatedRNN with the configuration and a copy of the weights of a torch LSTM / GRU.
+
+        With ``refine="none"`` (the default) the result computes the same function as
+        ``module``; with a refinement, the extra projection weights (if any) start fresh.
+        """
+        if isinstance(module, nn.LSTM):
+            mode = "lstm"
+        elif isinstance(module, nn.GRU):
+            mode = "gru"
+        else:
+            raise TypeError(f"from_torch expects a torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise ValueError("torch.nn.LSTM with proj_size > 0 (projected LSTM) is not supported")
+        if not module.bias:
+            raise ValueError("torch recurrent modules with bias=False are not supported; GatedRNN always has biases")
+        ref = next(module.parameters())
+        ours = cls(
+            mode,
+            module.input_size,
+            module.hidden_size,
+            num_layers=module.num_layers,
+            bidirectional=module.bidirectional,
+            refine=refine,
+            batch_first=module.batch_first,
+            dropout=module.dropout,
+            refine_gates=refine_gates,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            for name, value in module.named_parameters():
+                getattr(ours, name).copy_(value)
+        ours.train(module.training)
+        return ours
+
+    # ------------------------------------------------------------------ forward
+
+    def _inference_weights(self, layer: int, params: list[dict]) -> dict[str, Tensor]:
+        """The fused path's stacked weights, cached while no gradient is needed.
+
+        Restacking costs as much as the whole recurrence at batch 1; the cache is keyed on
+        the parameters' identity, storage and version counter, so any update (optimizer
+        step, load_state_dict, .to()) rebuilds it.
+        """
+        key = tuple((id(p), p.data_ptr(), p._version) for d in params for p in d.values() if p is not None)
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        hit = cache.get(layer)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            prepared = fused.prepare_weights(self.mode, params, self.refine_gates)
+        cache[layer] = (key, prepared)
+        return prepared
+
+    def _initial_state(self, state, batch: int, like: Tensor):
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if state is None:
+            zeros = like.new_zeros(shape)
+            return (zeros, zeros) if self.mode == "lstm" else zeros
+        parts = state if self.mode == "lstm" else (state,)
+        if self.mode == "lstm" and not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError("an LSTM state is a tuple (h, c)")
+        if self.mode != "lstm" and not isinstance(state, Tensor):
+            raise ValueError(f"a {self.mode.upper()} state is one tensor h, not {type(state).__name__}")
+        for part in parts:
+            if tuple(part.shape) != shape:
+                raise ValueError(f"expected a state of shape {shape}, got {tuple(part.shape)}")
+        return tuple(parts) if self.mode == "lstm" else state
+
+    def forward(self, x: Tensor, state=None):
+        if isinstance(x, PackedSequence):
+            raise TypeError("GatedRNN does not take PackedSequence input; pad the batch instead")
+        if torch.is_autocast_enabled(x.device.type):
+            # The recurrences write into preallocated buffers, which autocast cannot retype;
+            # run them in the parameters' dtype and let the caller's autocast resume after.
+            dtype = self.weight_ih_l0.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                if state is not None:
+                    state = tuple(s.to(dtype) for s in state) if self.mode == "lstm" else state.to(dtype)
+                return self._forward(x.to(dtype), state)
+        return self._forward(x, state)
+
+    def _forward(self, x: Tensor, state):
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected input of shape (T, B, {self.input_size}) or (T, {self.input_size}), got {tuple(x.shape)}")
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+            if state is not None:
+                state = tuple(s.unsqueeze(1) for s in state) if self.mode == "lstm" else state.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"expected input width {self.input_size}, got {x.shape[-1]}")
+        if x.shape[0] == 0:
+            raise ValueError("cannot run a recurrent layer over an empty sequence")
+        state = self._initial_state(state, x.shape[1], x)
+        h0, c0 = state if self.mode == "lstm" else (state, None)
+
+        record = self.record_gates
+        if record:
+            self.last_gates = {}
+        use_fast = self.fast and fused.supports(x)
+        D = self.num_directions
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        h_out, c_out = [], []
+        for layer in range(self.num_layers):
+            if layer and self.dropout and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            params = [self.layer_params(layer, d) for d in range(D)]
+            rows = slice(layer * D, (layer + 1) * D)
+            c0_rows = None if c0 is None else c0[rows]
+            if use_fast:
+                prepared = None if needs_grad else self._inference_weights(layer, params)
+                x, h_n, c_n, gates = fused.run_layer(
+                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record, prepared
+                )
+            else:
+                x, h_n, c_n, gates = run_layer_eager(
+                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record
+                )
+            h_out.append(h_n)
+            if c_n is not None:
+                c_out.append(c_n)
+            if record:
+                for name, values in gates.items():
+                    self.last_gates[f"l{layer}.{name}"] = values
+        h_n = torch.cat(h_out, 0)
+        new_state = (h_n, torch.cat(c_out, 0)) if self.mode == "lstm" else h_n
+        if unbatched:
+            x = x.squeeze(1)
+            new_state = tuple(s.squeeze(1) for s in new_state) if self.mode == "lstm" else new_state.squeeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        return x, new_state
+
+
+def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined) -> Tensor | None:
+    """``x̃``: the input itself when widths match, else its bias-free projection; None if unused."""
+    if not refined:
+        return None
+    if w_refine is None:
+        assert x.shape[-1] == hidden
+        return x
+    return nn.functional.linear(x, w_refine)
+
+
+def run_layer_eager(mode, x, params, h0, c0, refine, refined, record):
+    """One layer, every direction, one time step at a time: the reference for the fused path.
+
+    Returns (output (T, B, D*H), h_n (D, B, H), c_n (D, B, H) or None, gates) where gates
+    maps a gate name to (sigmoid, value), each (D, T, B, H), or is empty unless ``record``.
+    """
+    step = STEPS[mode]
+    T = x.shape[0]
+    outputs, h_last, c_last, recorded = [], [], [], []
+    for d, p in enumerate(params):
+        hidden = p["w_hh"].shape[1]
+        xg = nn.functional.linear(x, p["w_ih"], p["b_ih"])
+        xt = refinement_input(x, p["w_refine"], hidden, refined)
+        state = (h0[d], c0[d]) if mode == "lstm" else h0[d]
+        hs = [None] * T
+        per_gate: dict[str, list] = {g: [None] * T for g in SIGMOID_GATES[mode]}
+        for t in range(T) if d == 0 else range(T - 1, -1, -1):
+            state, gates = step(xg[t], None if xt is None else xt[t], state, p["w_hh"], p["b_hh"], refine, refined)
+            hs[t] = state[0] if mode == "lstm" else state
+            if record:
+                for name, values in gates.items():
+                    per_gate[name][t] = values
+        outputs.append(torch.stack(hs))
+        h_last.append(state[0] if mode == "lstm" else state)
+        if mode == "lstm":
+            c_last.append(state[1])
+        if record:
+            recorded.append(per_gate)
+    gates = {}
+    if record:
+        for name in SIGMOID_GATES[mode]:
+            sig = torch.stack([torch.stack([v[0] for v in r[name]]) for r in recorded]).detach()
+            val = torch.stack([torch.stack([v[1] for v in r[name]]) for r in recorded]).detach()
+            gates[name] = (sig, val)
+    c_n = torch.stack(c_last) if mode == "lstm" else None
+    return torch.cat(outputs, -1), torch.stack(h_last), c_n, gates
