@@ -22,9 +22,8 @@ import lmdb
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli.main import app
+from cliutil import assert_one_clear_line, error_lines, invoke
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.charset import Charset
 from textrec.checkpoint import Checkpoint, save_checkpoint
@@ -37,35 +36,6 @@ from textrec.model import CRNN, CRNNConfig
 from textrec.predict import Recognizer
 
 from test_train import TINY
-
-runner = CliRunner(env={"COLUMNS": "250"})  # wide enough that rich never wraps a message we look for
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("error:")]
-
-
-def assert_one_clear_line(result, *fragments: str) -> None:
-    """Exit 1, exactly one `error:` line holding every fragment, no traceback."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    (line,) = error_lines(result.output)
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 import textrec.train
-from cli.main import app
+from cliutil import assert_one_clear_line, invoke
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.charset import Charset
 from textrec.checkpoint import (
@@ -44,35 +43,7 @@ from textrec.train import TrainConfig, train
 from test_train import TINY, Recorder, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-runner = CliRunner(env={"COLUMNS": "250"})
 WAIT = 180  # seconds: generous bound on every wait for a subprocess
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("error:")]
-
-
-def assert_one_clear_line(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    (line,) = error_lines(result.output)
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: fastest for tiny models, and the same arithmetic as the subprocesses (OMP_NUM_THREADS=1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
