@@ -60,7 +60,8 @@ class TrainConfig:
     warmup_steps: int = 300
     grad_clip: float = 5.0
     rnn: str = "lstm"
-    refine: str = "none"
+    # "add" by default: see docs/refined_gates.md (synthetic tasks) and docs/model.md (STR runs).
+    refine: str = "add"
     hidden_size: int = 256
     channels: tuple[int, ...] = VGG_CHANNELS
     dropout: float = 0.0
