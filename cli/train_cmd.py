@@ -104,7 +104,7 @@ def train(
     batch_size: int = typer.Option(64, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),
-    refine: str = typer.Option("add", help="Refined gates: none, add or mul (add: see docs/refined_gates.md)."),
+    refine: str = typer.Option("none", help="Refined gates: none, add or mul (see docs/refined_gates.md before choosing)."),
     charset: str = typer.Option("36", help="36, 62, 94, file:PATH, or the characters themselves."),
     hidden_size: int = typer.Option(256, min=1),
     channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),

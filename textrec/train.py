@@ -60,8 +60,9 @@ class TrainConfig:
     warmup_steps: int = 300
     grad_clip: float = 5.0
     rnn: str = "lstm"
-    # "add" by default: see docs/refined_gates.md (synthetic tasks) and docs/model.md (STR runs).
-    refine: str = "add"
+    # Vanilla gates by default: refined "add" won the synthetic tasks but diverged in the CRNN and
+    # "mul" stalled there (docs/refined_gates.md, "STR evidence").
+    refine: str = "none"
     hidden_size: int = 256
     channels: tuple[int, ...] = VGG_CHANNELS
     dropout: float = 0.0

@@ -22,7 +22,7 @@ class CRNNConfig:
     in_channels: int = 1
     channels: tuple[int, ...] = VGG_CHANNELS
     rnn: str = "lstm"
-    refine: str = "add"
+    refine: str = "none"
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
