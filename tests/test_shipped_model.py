@@ -1,0 +1,27 @@
+"""The shipped model loads without flags (float16 safetensors) and reads clean word images."""
+
+from pathlib import Path
+
+import pytest
+
+from imagegen import render_word
+from textrec.checkpoint import load_checkpoint
+from textrec.predict import Recognizer
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "default.safetensors"
+WORDS = ["street", "OPEN", "hotel", "2024", "Coffee", "exit", "PARKING", "bank"]
+
+
+def test_shipped_model_is_small_and_self_describing():
+    assert SHIPPED.stat().st_size <= 20 * 1024 * 1024
+    checkpoint = load_checkpoint(SHIPPED)
+    assert checkpoint.charset.chars == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert checkpoint.preprocess.height == 32
+    assert checkpoint.info["stored_as"] == "float16"
+
+
+def test_shipped_model_reads_clean_words():
+    recognizer = Recognizer.from_checkpoint(SHIPPED, device="cpu")
+    readings = recognizer.recognize([render_word(w) for w in WORDS])
+    correct = sum(r.text == w.lower() for r, w in zip(readings, WORDS))
+    assert correct >= len(WORDS) - 1, [r.text for r in readings]
