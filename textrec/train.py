@@ -191,6 +191,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.best_accuracy: float | None = None
+        self.best_ned = 0.0  # breaks ties in accuracy (e.g. 0 % early on): the closer reading wins
         self.best_step: int | None = None
         self.skipped_samples = 0
         self.nonfinite_steps = 0
@@ -211,6 +212,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_accuracy": self.best_accuracy,
+            "best_ned": self.best_ned,
             "best_step": self.best_step,
             "skipped_samples": self.skipped_samples,
             "nonfinite_steps": self.nonfinite_steps,
@@ -249,6 +251,7 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.best_accuracy = state["best_accuracy"]
+        self.best_ned = state.get("best_ned", 0.0)
         self.best_step = state["best_step"]
         self.skipped_samples = state["skipped_samples"]
         self.nonfinite_steps = state["nonfinite_steps"]
@@ -286,9 +289,9 @@ class _Run:
             for name, dataset in self.val_sets
         ]
         total = combine(results, "validation")
-        is_best = self.best_accuracy is None or total.accuracy > self.best_accuracy
+        is_best = self.best_accuracy is None or (total.accuracy, total.ned) > (self.best_accuracy, self.best_ned)
         if is_best:
-            self.best_accuracy, self.best_step = total.accuracy, self.step
+            self.best_accuracy, self.best_ned, self.best_step = total.accuracy, total.ned, self.step
             save_checkpoint(
                 self.output / "best.safetensors",
                 self._checkpoint({"val_accuracy": total.accuracy, "val_ned": total.ned}),
