@@ -9,8 +9,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from textrec.data.lmdb_store import LmdbWriter
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def render_word(text: str, height: int = 32, invert: bool = False) -> Image.Image:
     """A clean grayscale word image drawn with Pillow's built-in scalable font."""

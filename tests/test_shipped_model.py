@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import pytest
-
 from imagegen import render_word
 from textrec.checkpoint import load_checkpoint
 from textrec.predict import Recognizer

@@ -38,7 +38,7 @@ from .checkpoint import (
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
 from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
-from .errors import CheckpointError, DataError, TrainingError
+from .errors import CheckpointError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .model import CRNN, CRNNConfig
 from .model.backbones import VGG_CHANNELS
