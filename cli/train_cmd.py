@@ -98,6 +98,7 @@ def train(
     ctx: typer.Context,
     train_data: List[str] = typer.Option([], help="LMDB folder or glob, optionally :RATIO; `synth[:RATIO]` renders on the fly. Repeatable."),
     val_data: List[str] = typer.Option([], help="LMDB folder(s) for validation. Repeatable."),
+    synth_fonts: List[str] = typer.Option([], help="Font file or folder for `synth`, besides the system's fonts. Repeatable."),
     output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, config and metrics. An existing run there is resumed."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML recipe of these options (e.g. max_steps = 20000); the command line overrides it."),
     max_steps: int = typer.Option(20000, min=1),
@@ -105,6 +106,7 @@ def train(
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),
     refine: str = typer.Option("none", help="Refined gates: none, add or mul (see docs/refined_gates.md before choosing)."),
+    refine_gates: Optional[str] = typer.Option(None, help="Comma-separated sigmoid gates to refine, e.g. i,o (default: all of the unit's)."),
     charset: str = typer.Option("36", help="36, 62, 94, file:PATH, or the characters themselves."),
     hidden_size: int = typer.Option(256, min=1),
     channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),
@@ -116,6 +118,7 @@ def train(
     workers: int = typer.Option(2, min=0, help="Data-loading processes."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+    amp: bool = typer.Option(True, help="Mixed precision on CUDA (ignored on the CPU)."),
 ) -> None:
     """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
     values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
@@ -125,11 +128,14 @@ def train(
         fail("give at least one --train-data (or train_data in --config)")
     if values["output"] is None:
         fail("give --output (or output in --config)")
+    gates = values.pop("refine_gates")
+    values["refine_gates"] = [g.strip() for g in gates.split(",") if g.strip()] if isinstance(gates, str) else list(gates or [])
     widths = values.pop("channels")
     if isinstance(widths, str):
         widths = tuple(int(c) for c in widths.split(","))
     train_config = TrainConfig(
         **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
+           "synth_fonts": [str(p) for p in values["synth_fonts"]],
            "output": str(values["output"]), "channels": tuple(widths) if widths else VGG_CHANNELS}
     )
     # Gradients that fade into denormal floats make CPU steps several times slower; flush them.

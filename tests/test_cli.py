@@ -156,3 +156,14 @@ def test_export_half_reads_the_same_and_onnx_is_written(trained, tmp_path):
     assert [i.name for i in graph.graph.input] == ["images"]
     result = invoke("export", source, tmp_path / "x", "--format", "tflite")
     assert result.exit_code == 1 and "unknown format" in result.output
+
+
+def test_train_refine_gates_option(tmp_path, trained):
+    lmdb_path = trained / "data" / "benchmarks" / "IC13_857"
+    common = ["train", "--train-data", lmdb_path, "--max-steps", 1, "--batch-size", 6, "--workers", 0,
+              "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"]]
+    result = invoke(*common, "--output", tmp_path / "io", "--refine", "add", "--refine-gates", "i, o")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "io" / "config.json").read_text())["refine_gates"] == ["i", "o"]
+    result = invoke(*common, "--output", tmp_path / "bad", "--refine", "add", "--refine-gates", "i,q")
+    assert result.exit_code == 1 and "error: cannot refine gate(s) 'q' of lstm" in result.output

@@ -1,6 +1,7 @@
 """A tiny training run that overfits a handful of generated words, then reads them back."""
 
 import json
+import re
 
 import pytest
 
@@ -110,3 +111,38 @@ def test_unreadable_data_stops_with_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="no readable sample"):
         train(tiny_config(junk, tmp_path / "run", val_data=[], max_bad_steps=3), recorder)
     assert any("not a readable image" in e for e in recorder.events)
+
+
+def test_refined_gate_subset_is_saved_and_restored(word_set, tmp_path):
+    """`refine_gates` reaches the recurrent layers, is stored in the checkpoint and guards resuming."""
+    from textrec.errors import CheckpointError
+
+    train(tiny_config(word_set, tmp_path / "run", max_steps=4, val_interval=4, refine="add", refine_gates=["i", "o"]))
+    recognizer = Recognizer.from_checkpoint(tmp_path / "run" / "last.safetensors", device="cpu")
+    assert recognizer.model.sequence.refine_gates == ("i", "o")
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors").model_config.refine_gates == ("i", "o")
+    with pytest.raises(CheckpointError, match="refine_gates"):
+        train(tiny_config(word_set, tmp_path / "run", max_steps=8, refine="add"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(rnn="elman"), "unknown recurrent mode 'elman'"),
+        (dict(refine="add", refine_gates=["f", "z"]), "cannot refine gate(s) 'z' of lstm"),
+        (dict(refine="none", refine_gates=["i"]), "needs refine='add' or 'mul'"),
+    ],
+)
+def test_bad_recurrent_options_are_training_errors(word_set, tmp_path, overrides, message):
+    from textrec.errors import TrainingError
+
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        train(tiny_config(word_set, tmp_path / "run", max_steps=2, **overrides))
+
+
+def test_synth_fonts_reach_the_renderer(tmp_path):
+    from textrec.errors import DataError
+
+    with pytest.raises(DataError, match="no-such-fonts: font folder or file does not exist"):
+        train(tiny_config(tmp_path, tmp_path / "run", train_data=["synth"], val_data=[], max_steps=1,
+                          synth_fonts=[str(tmp_path / "no-such-fonts")]))

@@ -45,7 +45,7 @@ from .model.backbones import VGG_CHANNELS
 from .predict import Recognizer, resolve_device
 
 # Options that define the network and its input: a resumed run must keep them.
-ARCHITECTURE_KEYS = ("rnn", "refine", "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio")
+ARCHITECTURE_KEYS = ("rnn", "refine", "refine_gates", "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class TrainConfig:
     # Vanilla gates by default: refined "add" won the synthetic tasks but diverged in the CRNN and
     # "mul" stalled there (docs/refined_gates.md, "STR evidence").
     refine: str = "none"
+    refine_gates: list[str] = field(default_factory=list)  # empty: all sigmoid gates of the unit
     hidden_size: int = 256
     channels: tuple[int, ...] = VGG_CHANNELS
     dropout: float = 0.0
@@ -80,6 +81,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     max_bad_steps: int = 10
+    # Font files or folders for the `synth` source, searched besides the system's fonts.
+    synth_fonts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -146,6 +149,7 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
         num_classes=charset.num_classes,
         rnn=config.rnn,
         refine=config.refine,
+        refine_gates=tuple(config.refine_gates) or None,
         hidden_size=config.hidden_size,
         channels=tuple(config.channels),
         dropout=config.dropout,
@@ -173,7 +177,10 @@ class _Run:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.model = CRNN(self.model_config).to(self.device)
+        try:
+            self.model = CRNN(self.model_config).to(self.device)
+        except ValueError as exc:  # an unknown unit, refinement or gate name
+            raise TrainingError(str(exc)) from None
         self.frames = self.model.output_length(config.width)
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():
@@ -238,7 +245,8 @@ class _Run:
         return self.step
 
     def _restore(self, path: Path, state: dict) -> None:
-        saved = {k: state["config"].get(k) for k in ARCHITECTURE_KEYS}
+        defaults = TrainConfig([], [], "").to_dict()  # keys that runs of older versions did not save
+        saved = {k: state["config"].get(k, defaults[k]) for k in ARCHITECTURE_KEYS}
         wanted = {k: self.config.to_dict()[k] for k in ARCHITECTURE_KEYS}
         if saved != wanted:
             raise CheckpointError(
@@ -319,7 +327,11 @@ class _Run:
         atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
 
         sources, shares = open_sources(
-            config.train_data, self.charset, self.frames, config.seed, {"max_frames": self.frames}
+            config.train_data,
+            self.charset,
+            self.frames,
+            config.seed,
+            {"max_frames": self.frames, "fonts": list(config.synth_fonts) or None},
         )
         counts = split_batch(config.batch_size, shares)
         self.callbacks.on_start(

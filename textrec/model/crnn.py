@@ -23,6 +23,8 @@ class CRNNConfig:
     channels: tuple[int, ...] = VGG_CHANNELS
     rnn: str = "lstm"
     refine: str = "none"
+    # Which sigmoid gates are refined (e.g. ("i", "o")); None: all of the unit's.
+    refine_gates: tuple[str, ...] | None = None
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
@@ -30,6 +32,8 @@ class CRNNConfig:
     def to_dict(self) -> dict:
         values = asdict(self)
         values["channels"] = list(self.channels)
+        if self.refine_gates is not None:
+            values["refine_gates"] = list(self.refine_gates)
         return values
 
     @classmethod
@@ -41,6 +45,8 @@ class CRNNConfig:
         values = dict(values)
         if "channels" in values:
             values["channels"] = tuple(values["channels"])
+        if values.get("refine_gates") is not None:
+            values["refine_gates"] = tuple(values["refine_gates"])
         return cls(**values)
 
 
@@ -60,6 +66,7 @@ class CRNN(nn.Module):
             num_layers=config.num_layers,
             bidirectional=True,
             refine=config.refine,
+            refine_gates=config.refine_gates,
             dropout=config.dropout,
         )
         self.head = nn.Linear(2 * config.hidden_size, config.num_classes)
