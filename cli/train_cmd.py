@@ -36,6 +36,8 @@ class RichCallbacks(TrainCallbacks):
         for source in start.sources:
             dropped = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in source.dropped.items()) or "-"
             size = "endless" if source.size is None else str(source.size)
+            if source.fonts is not None:
+                size += f" ({source.fonts} fonts)"
             table.add_row(source.name, size, f"{source.share:.0%}", str(source.per_batch), dropped)
         self.progress.console.print(table)
         for source in start.sources:

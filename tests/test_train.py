@@ -143,6 +143,10 @@ def test_bad_recurrent_options_are_training_errors(word_set, tmp_path, overrides
 def test_synth_fonts_reach_the_renderer(tmp_path):
     from textrec.errors import DataError
 
+    recorder = Recorder()
+    train(tiny_config(tmp_path, tmp_path / "ok", train_data=["synth"], val_data=[], max_steps=1), recorder)
+    assert recorder.starts[0].sources[0].fonts >= 1  # Pillow's built-in font at least
+
     with pytest.raises(DataError, match="no-such-fonts: font folder or file does not exist"):
         train(tiny_config(tmp_path, tmp_path / "run", train_data=["synth"], val_data=[], max_steps=1,
                           synth_fonts=[str(tmp_path / "no-such-fonts")]))

@@ -106,6 +106,7 @@ class SourceInfo:
     per_batch: int
     dropped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    fonts: int | None = None  # faces the synthetic source draws from
 
 
 @dataclass
@@ -495,7 +496,8 @@ def _source_info(source, share: float, per_batch: int) -> SourceInfo:
             k: getattr(screening, k) for k in ("empty", "unknown_chars", "too_long", "unreadable") if getattr(screening, k)
         }
         examples = list(screening.examples)
-    return SourceInfo(source.name, source.size, share, per_batch, dropped, examples)
+    fonts = getattr(source, "font_count", None)
+    return SourceInfo(source.name, source.size, share, per_batch, dropped, examples, fonts)
 
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
