@@ -18,7 +18,7 @@ from textrec.metrics import PROTOCOLS
 from textrec.predict import Recognizer
 
 from .common import console, err_console, fail, user_errors
-from .defaults import DEFAULT_DATA_ROOT, resolve_checkpoint
+from .defaults import CHECKPOINT_ENV, DEFAULT_DATA_ROOT, resolve_checkpoint
 
 
 def _targets(benchmark: list[str], data: list[Path], data_root: Path) -> list[tuple[str, Path]]:
@@ -46,7 +46,7 @@ def _targets(benchmark: list[str], data: list[Path], data_root: Path) -> list[tu
 
 @user_errors
 def evaluate(
-    checkpoint: Optional[Path] = typer.Option(None, help="Model checkpoint (.safetensors); default: the shipped model."),
+    checkpoint: Optional[Path] = typer.Option(None, envvar=CHECKPOINT_ENV, help="Model checkpoint (.safetensors); default: the shipped model."),
     benchmark: List[str] = typer.Option([], "--benchmark", "-b", help="Benchmark name (IC13, IIIT5k_3000, ...) or `all`."),
     data: List[Path] = typer.Option([], "--data", help="Any LMDB folder to evaluate."),
     data_root: Path = typer.Option(DEFAULT_DATA_ROOT, help="Folder holding benchmarks/<NAME>/ LMDBs."),

@@ -12,13 +12,13 @@ from textrec.errors import DataError
 from textrec.predict import Recognizer, collect_image_paths
 
 from .common import err_console, fail, user_errors
-from .defaults import resolve_checkpoint
+from .defaults import CHECKPOINT_ENV, resolve_checkpoint
 
 
 @user_errors
 def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Model checkpoint (.safetensors); default: the shipped model."),
+    checkpoint: Optional[Path] = typer.Option(None, envvar=CHECKPOINT_ENV, help="Model checkpoint (.safetensors); default: the shipped model."),
     batch_size: int = typer.Option(32, min=1),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per image (image, text, confidence)."),

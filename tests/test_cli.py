@@ -106,8 +106,20 @@ def test_predict_without_checkpoint_or_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
     render_word("a").save(tmp_path / "a.png")
+    monkeypatch.delenv("TEXTREC_CHECKPOINT", raising=False)
     result = invoke("predict", tmp_path / "a.png")
     assert result.exit_code == 1 and "no --checkpoint given" in result.output
+
+
+def test_checkpoint_from_the_environment(trained, tmp_path, monkeypatch):
+    """An install outside the source tree names its model with TEXTREC_CHECKPOINT."""
+    import cli.defaults
+
+    monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
+    monkeypatch.setenv("TEXTREC_CHECKPOINT", str(trained / "run" / "best.safetensors"))
+    result = invoke("predict", trained / "images" / "door.png")
+    assert result.exit_code == 0, result.output
+    assert "door" in result.output
 
 
 def test_train_from_a_config_file_with_overrides(tmp_path, trained):
