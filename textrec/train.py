@@ -60,8 +60,8 @@ class TrainConfig:
     warmup_steps: int = 300
     grad_clip: float = 5.0
     rnn: str = "lstm"
-    # Vanilla gates by default: refined "add" won the synthetic tasks but diverged in the CRNN and
-    # "mul" stalled there (docs/refined_gates.md, "STR evidence").
+    # Vanilla gates by default: "add" on all gates diverged in the CRNN and "mul" stalled; "add" on
+    # i,o trains stably but tied vanilla on validation (docs/refined_gates.md, "STR evidence").
     refine: str = "none"
     refine_gates: list[str] = field(default_factory=list)  # empty: all sigmoid gates of the unit
     hidden_size: int = 256
