@@ -15,8 +15,8 @@ IC13 is not touched: it is for reporting only.
 from __future__ import annotations
 
 import argparse
-import logging
 import io
+import logging
 import shutil
 import sys
 import tempfile
@@ -56,8 +56,7 @@ def compact_lmdb(source: Path, target: Path) -> int:
     dataset = LmdbDataset(source)
     with LmdbWriter(target) as writer:
         for index in range(len(dataset)):
-            image_bytes, label = dataset.read(index)
-            image = Image.open(io.BytesIO(image_bytes)).convert("L")
+            image, label = dataset.read_image(index)  # decoded as training decodes it: grayscale, EXIF-rotated
             if image.height > COMPACT_HEIGHT:
                 width = max(1, round(image.width * COMPACT_HEIGHT / image.height))
                 image = image.resize((width, COMPACT_HEIGHT), Image.BICUBIC)
