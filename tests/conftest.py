@@ -26,3 +26,23 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the float kernels the suite ran on (docs/testing.md: the suite must pass on every one of them)."""
+    import os
+
+    import torch
+
+    asked = {name: os.environ[name] for name in KERNEL_VARIABLES if os.environ.get(name)}
+    used = torch.backends.cpu.get_cpu_capability()
+    line = f"torch CPU kernels: {used}"
+    if asked:
+        line += " (" + ", ".join(f"{k}={v}" for k, v in asked.items()) + ")"
+        wanted = asked.get("ATEN_CPU_CAPABILITY", "").upper()
+        if wanted and wanted != used:
+            line += f"; torch did not take {wanted} (this CPU lacks it, or the name is unknown)"
+    terminalreporter.write_line(line)

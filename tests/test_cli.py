@@ -1,20 +1,39 @@
-"""The commands, through Typer's test runner, on data the tests generate."""
+"""The commands, through Typer's test runner, on data the tests generate.
+
+The model here is trained through the CLI for a few hundred steps, and where such a run ends depends on float
+rounding, hence on which SIMD kernels torch picks on the machine (issue 17). So these tests check the wiring
+against the same model read through the library in the same batch (the same computation, so the same answer on
+every kernel path), never against the ground truth; whether the run learned is checked with wide margins only.
+"""
 
 import json
+from pathlib import Path
+from statistics import mean
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
 from imagegen import png_bytes, render_word, write_lmdb
+from textrec.data.images import open_image
+from textrec.data.lmdb_store import LmdbDataset
+from textrec.decode import Decoded
+from textrec.metrics import normalize_for_eval, normalized_edit_similarity
+from textrec.predict import Recognizer
 
 from test_train import TINY, WORDS
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "250"})  # wide enough that rich never wraps the table
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_files(checkpoint: Path, paths: list[Path]) -> list[Decoded]:
+    """What the library reads in these files, as one batch in this order: how `predict` batches up to 32 files."""
+    return Recognizer.from_checkpoint(checkpoint, device="cpu").recognize([open_image(p) for p in paths])
 
 
 @pytest.fixture(scope="module")
@@ -34,35 +53,61 @@ def trained(tmp_path_factory):
         "train", "--train-data", lmdb_path, "--val-data", lmdb_path, "--output", root / "run",
         "--max-steps", 250, "--batch-size", 12, "--lr", 3e-3, "--rnn", "lstm", "--refine", "mul",
         "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"],
-        "--no-augment", "--workers", 0, "--val-interval", 250,
+        "--no-augment", "--workers", 0, "--val-interval", 250, "--device", "cpu",
     )
     assert result.exit_code == 0, result.output
+    (root / "train.log").write_text(result.output, encoding="utf-8")
     return root
 
 
-def test_train_reports_result(trained):
-    assert (trained / "run" / "best.safetensors").is_file()
+def test_train_reports_result_and_learns(trained):
+    """It learned, by margins that hold on every kernel path: over 13 seeds this run's loss fell 63- to 24,000-fold
+    and it read four to six words of six (test_train.py has the same check of the library's training job)."""
+    run = trained / "run"
+    assert (run / "best.safetensors").is_file() and (run / "last.safetensors").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) >= 10 and mean(losses[-3:]) < losses[0] / 5, losses  # the loss fell by a wide factor
+    (accuracy,) = [r["val_accuracy"] for r in records if "val_accuracy" in r]
+    assert accuracy >= 100 / 3, accuracy  # two words of six at least; chance is none
+    assert f"validation word acc. {accuracy:.2f}%" in (trained / "train.log").read_text()
 
 
 def test_eval_benchmark_alias_table_and_json(trained):
+    """eval's figures are those of the same model read through the library, scored by hand; table and JSON agree."""
+    checkpoint = trained / "run" / "best.safetensors"
     out = trained / "results.json"
     result = invoke(
-        "eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "IC13",
-        "--data-root", trained / "data", "--json", out,
+        "eval", "--checkpoint", checkpoint, "--benchmark", "IC13", "--data-root", trained / "data", "--json", out,
+        "--device", "cpu",
     )
     assert result.exit_code == 0, result.output
     assert "IC13 means IC13_857" in result.output
-    assert "IC13_857" in result.output and "100.00" in result.output
+
+    dataset = LmdbDataset(trained / "data" / "benchmarks" / "IC13_857")
+    labels = [normalize_for_eval(dataset.read_label(i)) for i in range(len(dataset))]
+    images = [dataset.read_image(i)[0] for i in range(len(dataset))]
+    readings = Recognizer.from_checkpoint(checkpoint, device="cpu").recognize(images, batch_size=64)  # eval's batch
+    texts = [normalize_for_eval(r.text) for r in readings]
+    correct = sum(t == label for t, label in zip(texts, labels))
+    accuracy = 100.0 * correct / len(labels)
+    ned = mean(normalized_edit_similarity(t, label) for t, label in zip(texts, labels))
+
     (record,) = json.loads(out.read_text())
-    assert record["name"] == "IC13_857" and record["samples"] == 6 and record["accuracy"] == 100.0
-    assert 0.99 <= record["ned"] <= 1.0
+    assert (record["name"], record["samples"], record["correct"]) == ("IC13_857", 6, correct)
+    assert record["accuracy"] == pytest.approx(accuracy) and record["ned"] == pytest.approx(ned)
+    assert record["excluded_empty"] == 0 and record["failed"] == []
+    (row,) = [line for line in result.output.splitlines() if "│" in line and "IC13_857" in line]
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    assert cells[:4] == ["IC13_857", "6", f"{record['accuracy']:.2f}", f"{record['ned']:.4f}"], cells
+    assert cells[-2:] == ["0", "0"], cells
 
 
 def test_eval_data_and_total_row(trained, tmp_path):
     other = write_lmdb(tmp_path / "other", [(png_bytes(render_word("cat")), "CAT"), (png_bytes(render_word("x")), "!!")])
     result = invoke(
         "eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "IC13_857",
-        "--data-root", trained / "data", "--data", other,
+        "--data-root", trained / "data", "--data", other, "--device", "cpu",
     )
     assert result.exit_code == 0, result.output
     assert "total" in result.output  # sample-weighted last row
@@ -78,24 +123,36 @@ def test_eval_missing_benchmark_is_a_clear_error(trained, tmp_path):
 
 def test_predict_files_folders_globs_and_json(trained):
     checkpoint = trained / "run" / "best.safetensors"
-    result = invoke("predict", "--checkpoint", checkpoint, trained / "images" / "cat.png")
+    cat = trained / "images" / "cat.png"
+    result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", cat)
     assert result.exit_code == 0, result.output
-    assert result.output.split("\t")[1] == "cat"
-    result = invoke("predict", "--checkpoint", checkpoint, "--json", trained / "images")
+    (expected,) = read_files(checkpoint, [cat])
+    assert result.output.splitlines() == [f"{cat}\t{expected.text}\t{expected.confidence:.3f}"]
+
+    result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", "--json", trained / "images")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.output.splitlines()]
-    assert sorted(r["text"] for r in records) == sorted(WORDS)
     assert all(set(r) == {"image", "text", "confidence"} for r in records)
-    result = invoke("predict", "--checkpoint", checkpoint, str(trained / "images" / "d*.png"))
-    assert result.output.split("\t")[1] == "door"
+    paths = [Path(r["image"]) for r in records]
+    assert paths == sorted((trained / "images").iterdir())  # every image of the folder, in name order
+    expected = read_files(checkpoint, paths)
+    assert [(r["text"], r["confidence"]) for r in records] == [(e.text, round(e.confidence, 4)) for e in expected]
+
+    result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", str(trained / "images" / "d*.png"))
+    assert result.exit_code == 0, result.output
+    door = trained / "images" / "door.png"
+    (expected,) = read_files(checkpoint, [door])
+    assert result.output.splitlines() == [f"{door}\t{expected.text}\t{expected.confidence:.3f}"]
 
 
 def test_predict_reports_bad_files_and_still_answers_good_ones(trained, tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     render_word("gate").save(tmp_path / "good.png")
-    result = invoke("predict", "--checkpoint", trained / "run" / "best.safetensors", tmp_path, tmp_path / "absent.png")
+    checkpoint = trained / "run" / "best.safetensors"
+    result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", tmp_path, tmp_path / "absent.png")
     assert result.exit_code == 1
-    assert "good.png\tgate" in result.output
+    (expected,) = read_files(checkpoint, [tmp_path / "good.png"])
+    assert f"good.png\t{expected.text}\t{expected.confidence:.3f}" in result.output
     assert "bad.png: not a readable image" in result.output
     assert "absent.png: no such file" in result.output
     assert "Traceback" not in result.output
@@ -112,14 +169,18 @@ def test_predict_without_checkpoint_or_model(tmp_path, monkeypatch):
 
 
 def test_checkpoint_from_the_environment(trained, tmp_path, monkeypatch):
-    """An install outside the source tree names its model with TEXTREC_CHECKPOINT."""
+    """An install outside the source tree names its model with TEXTREC_CHECKPOINT: the same reading as --checkpoint."""
     import cli.defaults
 
+    checkpoint = trained / "run" / "best.safetensors"
+    door = trained / "images" / "door.png"
+    named = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", door)
+    assert named.exit_code == 0, named.output
     monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
-    monkeypatch.setenv("TEXTREC_CHECKPOINT", str(trained / "run" / "best.safetensors"))
-    result = invoke("predict", trained / "images" / "door.png")
+    monkeypatch.setenv("TEXTREC_CHECKPOINT", str(checkpoint))
+    result = invoke("predict", "--device", "cpu", door)
     assert result.exit_code == 0, result.output
-    assert "door" in result.output
+    assert result.output == named.output and result.output.startswith(f"{door}\t")
 
 
 def test_train_from_a_config_file_with_overrides(tmp_path, trained):
@@ -148,17 +209,29 @@ def test_samples_renders_pngs_with_a_gt_file(tmp_path):
 
 
 def test_export_half_reads_the_same_and_onnx_is_written(trained, tmp_path):
-    from textrec.predict import Recognizer
-
     source = trained / "run" / "best.safetensors"
     half = tmp_path / "half.safetensors"
     result = invoke("export", source, half, "--half")
     assert result.exit_code == 0, result.output
     assert half.stat().st_size < 0.6 * source.stat().st_size
+    # float16 weights move the outputs a little; a reading may only change on a frame whose best two classes are
+    # closer than that (which a short training run may leave on some kernel path), so compare the probabilities.
     images = [render_word(w) for w in WORDS]
-    full_read = Recognizer.from_checkpoint(source, device="cpu").recognize(images)
-    half_read = Recognizer.from_checkpoint(half, device="cpu").recognize(images)
-    assert [r.text for r in half_read] == [r.text for r in full_read]
+    full_model = Recognizer.from_checkpoint(source, device="cpu")
+    half_model = Recognizer.from_checkpoint(half, device="cpu")
+    with torch.inference_mode():
+        full_probs = full_model.model(full_model.prepare(images)).float().softmax(2)
+        half_probs = half_model.model(half_model.prepare(images)).float().softmax(2)
+    drift = (full_probs - half_probs).abs().max().item()
+    assert drift < 0.02, drift
+    best_two = full_probs.topk(2, dim=2).values
+    margins = (best_two[..., 0] - best_two[..., 1]).amin(dim=0).tolist()  # per image, over its frames
+    full_read, half_read = full_model.recognize(images), half_model.recognize(images)
+    for margin, full_text, half_text in zip(margins, full_read, half_read):
+        if margin > 2 * drift:  # no frame's best class can have changed
+            assert half_text.text == full_text.text, (margin, drift)
+        # a product of per-frame best probabilities, each of which moves by at most `drift`
+        assert half_text.confidence == pytest.approx(full_text.confidence, abs=len(full_probs) * drift + 1e-6)
     result = invoke("export", source, tmp_path / "model.onnx", "--format", "onnx")
     assert result.exit_code == 0, result.output
     import onnx
