@@ -26,7 +26,7 @@ def synth(
     words: Optional[Path] = typer.Option(
         None, help="Word list replacing the built-in dictionary: one word a line, optionally `word<TAB>weight`."
     ),
-    charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels must fit: 36, 62, 94, file:PATH or the characters."),
+    charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels must fit: 36, 62, 94, 95 (94 + space), file:PATH or the characters."),
     max_frames: int = typer.Option(26, min=1, help="CTC frames of the model: labels are generated to fit them."),
     workers: int = typer.Option(1, min=1, help="Rendering processes."),
     image_format: str = typer.Option("jpeg", "--format", help=f"Image encoding in the LMDB: {', '.join(IMAGE_FORMATS)}."),

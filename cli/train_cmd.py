@@ -109,7 +109,7 @@ def train(
     rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),
     refine: str = typer.Option("none", help="Refined gates: none, add or mul (see docs/refined_gates.md before choosing)."),
     refine_gates: Optional[str] = typer.Option(None, help="Comma-separated sigmoid gates to refine, e.g. i,o (default: all of the unit's)."),
-    charset: str = typer.Option("36", help="36, 62, 94, file:PATH, or the characters themselves."),
+    charset: str = typer.Option("36", help="36, 62, 94, 95 (94 + space), file:PATH, or the characters themselves."),
     hidden_size: int = typer.Option(256, min=1),
     channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),
     width: int = typer.Option(100, min=8, help="Input width in pixels (height is 32)."),
@@ -121,6 +121,9 @@ def train(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     amp: bool = typer.Option(True, help="Mixed precision on CUDA (ignored on the CPU)."),
+    init_from: Optional[Path] = typer.Option(
+        None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."
+    ),
 ) -> None:
     """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
     values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
@@ -138,7 +141,9 @@ def train(
     train_config = TrainConfig(
         **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
            "synth_fonts": [str(p) for p in values["synth_fonts"]],
-           "output": str(values["output"]), "channels": tuple(widths) if widths else VGG_CHANNELS}
+           "output": str(values["output"]),
+           "init_from": str(values["init_from"]) if values["init_from"] else None,
+           "channels": tuple(widths) if widths else VGG_CHANNELS}
     )
     # Gradients that fade into denormal floats make CPU steps several times slower; flush them.
     torch.set_flush_denormal(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 import re
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def test_every_sample_decodes_with_a_label_that_fits(tmp_path, spec):
         assert all(label.isalnum() for label in labels)
     assert len(set(labels)) > 100  # varied text
     assert any(label.isupper() for label in labels) and any(label.islower() for label in labels)
+
+
+def test_spaces_only_between_the_words_of_phrases():
+    rng = random.Random(5)
+    with_space = TextSampler(Charset.from_spec("95"), max_frames=41)
+    texts = [with_space.sample(rng) for _ in range(2000)]
+    phrases = [t for t in texts if " " in t]
+    assert 0.03 < len(phrases) / len(texts) < 0.10  # the `phrase` kind's share (0.06)
+    for text in phrases:
+        assert text == text.strip() and "  " not in text and len(text.split(" ")) >= 2, repr(text)
+        assert ctc_min_length(text) <= 41
+    without_space = TextSampler(Charset.from_spec("94"), max_frames=41)
+    assert not any(" " in without_space.sample(rng) for _ in range(500))
 
 
 def test_labels_fit_a_small_frame_budget():

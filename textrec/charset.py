@@ -19,6 +19,8 @@ PRESETS: dict[str, str] = {
     "62": string.digits + string.ascii_lowercase + string.ascii_uppercase,
     # Printable ASCII without whitespace, as deep-text-recognition-benchmark's --sensitive 94.
     "94": string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation,
+    # Printable ASCII with the space: text as printed, multi-word crops included.
+    "95": string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation + " ",
 }
 
 DEFAULT_CHARSET = "36"
@@ -37,7 +39,7 @@ class Charset:
 
     @classmethod
     def from_spec(cls, spec: str) -> "Charset":
-        """A preset name ("36", "62", "94"), `file:PATH` (one line of characters), or the literal characters."""
+        """A preset name ("36", "62", "94", "95"), `file:PATH` (one line of characters), or the literal characters."""
         if spec in PRESETS:
             return cls(PRESETS[spec])
         if spec.startswith("file:"):

@@ -29,6 +29,7 @@ from .checkpoint import (
     Checkpoint,
     atomic_write,
     describe_config_difference,
+    load_checkpoint,
     load_state,
     load_weights,
     remove_temp_files,
@@ -43,6 +44,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .model import CRNN, CRNNConfig
 from .model.backbones import VGG_CHANNELS
 from .predict import Recognizer, resolve_device
+from .transfer import transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
 ARCHITECTURE_KEYS = ("rnn", "refine", "refine_gates", "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio")
@@ -83,6 +85,8 @@ class TrainConfig:
     max_bad_steps: int = 10
     # Font files or folders for the `synth` source, searched besides the system's fonts.
     synth_fonts: list[str] = field(default_factory=list)
+    # A checkpoint to start from (weights only; fresh optimizer and schedule). Ignored when resuming.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -203,12 +207,21 @@ class _Run:
         self.best_step: int | None = None
         self.skipped_samples = 0
         self.nonfinite_steps = 0
+        # What the weights learnt before this run (--init-from): samples and the checkpoints they came through.
+        self.prior: dict = {"samples_seen": 0, "lineage": []}
         self.val_sets = [(Path(p).name, LmdbDataset(p)) for p in config.val_data]
 
     # --- persistence -------------------------------------------------------------------------
 
     def _checkpoint(self, extra: dict | None = None) -> Checkpoint:
-        info = {"step": self.step, "textrec_version": __version__, "train_config": self.config.to_dict()}
+        info = {
+            "step": self.step,
+            "textrec_version": __version__,
+            "train_config": self.config.to_dict(),
+            "samples_seen": self.prior["samples_seen"] + self.step * self.config.batch_size,
+        }
+        if self.prior["lineage"]:
+            info["lineage"] = self.prior["lineage"]
         info.update(extra or {})
         return Checkpoint(self.model_config, self.charset, self.preprocess, self.model.state_dict(), info)
 
@@ -224,6 +237,7 @@ class _Run:
             "best_step": self.best_step,
             "skipped_samples": self.skipped_samples,
             "nonfinite_steps": self.nonfinite_steps,
+            "prior": self.prior,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python_rng": random.getstate(),
@@ -264,10 +278,24 @@ class _Run:
         self.best_step = state["best_step"]
         self.skipped_samples = state["skipped_samples"]
         self.nonfinite_steps = state["nonfinite_steps"]
+        self.prior = state.get("prior", self.prior)
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(_as_tuple(state["python_rng"]))
+
+    def init_from(self, path: str) -> str:
+        """Start from a checkpoint's weights; returns a line saying how the charset was mapped."""
+        report = transfer_weights(self.model, self.charset, load_checkpoint(path))
+        self.prior = {"samples_seen": report.samples_seen, "lineage": report.lineage}
+        parts = [f"{report.kept} characters kept"]
+        if report.from_lower:
+            parts.append(f"{len(report.from_lower)} upper-case letters from their lower-case rows")
+        if report.new:
+            parts.append(f"{len(report.new)} new: {report.new!r}")
+        if report.dropped:
+            parts.append(f"{len(report.dropped)} dropped: {report.dropped!r}")
+        return f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines written after the state we resume from, so the log has no duplicate steps."""
@@ -298,6 +326,15 @@ class _Run:
             for name, dataset in self.val_sets
         ]
         total = combine(results, "validation")
+        extra = {}
+        if self.charset.case_sensitive:  # also the case-sensitive alphanumeric protocol, for the record
+            cased = combine(
+                [
+                    evaluate_dataset(recognizer, d, n, protocol="62", max_samples=self.config.val_max_samples)
+                    for n, d in self.val_sets
+                ]
+            )
+            extra = {"val_accuracy_62": cased.accuracy, "val_ned_62": cased.ned}
         is_best = self.best_accuracy is None or (total.accuracy, total.ned) > (self.best_accuracy, self.best_ned)
         if is_best:
             self.best_accuracy, self.best_ned, self.best_step = total.accuracy, total.ned, self.step
@@ -311,6 +348,7 @@ class _Run:
                 "val_accuracy": total.accuracy,
                 "val_ned": total.ned,
                 "val_samples": total.samples,
+                **extra,
                 "val": {r.name: {"accuracy": r.accuracy, "ned": r.ned, "samples": r.samples} for r in results},
             }
         )
@@ -325,6 +363,7 @@ class _Run:
         self.output.mkdir(parents=True, exist_ok=True)
         remove_temp_files(self.output)  # half-written files of a run killed while saving
         resumed = self.try_resume()
+        initialised = self.init_from(config.init_from) if resumed is None and config.init_from else None
         atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
 
         sources, shares = open_sources(
@@ -346,6 +385,8 @@ class _Run:
                 max_steps=config.max_steps,
             )
         )
+        if initialised:
+            self.callbacks.on_event(initialised)
         augment = None
         if config.augment:
             from .data.augment import build_augmentation

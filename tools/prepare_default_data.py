@@ -42,7 +42,9 @@ def split_real_train(shared: Path, data: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in REAL_TRAIN:
             folder = shared / "real_train" / name
-            lines = (folder / "gt.txt").read_text(encoding="utf-8").splitlines()
+            # Case and punctuation as printed where a re-annotation has them (SVT's gt.txt is upper case only).
+            gt = folder / "gt_case.txt" if (folder / "gt_case.txt").is_file() else folder / "gt.txt"
+            lines = gt.read_text(encoding="utf-8").splitlines()
             train_gt = Path(tmp) / f"{name}.txt"
             train_gt.write_text("\n".join(l for i, l in enumerate(lines) if not is_validation_line(i)) + "\n", encoding="utf-8")
             create_lmdb(train_gt, data / "real_train" / name, root=folder)

@@ -33,7 +33,7 @@ WORD_FREQUENCY_POWER = 0.3
 # (kind, probability, what it is). Kinds the charset cannot write (no digits, no letters) are left out and the
 # others scaled up. Kept in step with docs/synth.md.
 TEXT_KINDS: tuple[tuple[str, float, str], ...] = (
-    ("word", 0.62, "a dictionary word, frequency-weighted, in a case pattern (below)"),
+    ("word", 0.56, "a dictionary word, frequency-weighted, in a case pattern (below)"),
     ("compound", 0.04, "two or three words run together (BOOKSHOP, carwash), up to 25 characters"),
     ("word_number", 0.04, "a word with a number or single letter joined (ROUTE66, 24HR, A4, Hall2)"),
     ("number", 0.08, "integers: 1-6 digits, years, phone-style digit groups"),
@@ -42,6 +42,7 @@ TEXT_KINDS: tuple[tuple[str, float, str], ...] = (
     ("code", 0.06, "codes: plates, postcodes, model and flight numbers (AB12CDE, SW1A, X200, BA249)"),
     ("random", 0.07, "random characters of the charset, length 1-25 (no language prior)"),
     ("single", 0.02, "a single character"),
+    ("phrase", 0.06, "two to four words separated by single spaces (only with a space in the charset)"),
 )
 
 # How dictionary words are cased: scene text is often upper-case or title-case.
@@ -160,6 +161,10 @@ class TextSampler:
         if not self.alphabet:
             raise DataError("the charset has no character that can be drawn")
         allowed = set(self.alphabet)
+        # The space is never drawn alone or inside random strings, only between the words of a phrase.
+        self.space = " " in charset.chars
+        if self.space:
+            allowed.add(" ")
         self.allowed = allowed
         self.digits = "".join(c for c in string.digits if c in allowed)
         self.lower = "".join(c for c in string.ascii_lowercase if c in allowed)
@@ -177,6 +182,7 @@ class TextSampler:
             "code": bool(self.digits) and bool(self.letters),
             "random": True,
             "single": True,
+            "phrase": self.words is not None and self.space,
         }
         self.kinds = [(name, p) for name, p, _ in TEXT_KINDS if kinds[name]]
         self._kind_cumulative = list(itertools.accumulate(p for _, p in self.kinds))
@@ -252,6 +258,19 @@ class TextSampler:
         if pattern == "lower" and rng.random() < 0.3:  # camel case: BookShop
             parts = [self._case(rng, p, "title") for p in parts]
         return "".join(parts)
+
+    def _phrase(self, rng: random.Random) -> str:
+        pattern = self._choose(rng, list(CASE_PATTERNS))
+        parts = [self._case(rng, self.words.draw(rng), pattern) for _ in range(rng.choice((2, 2, 2, 3, 3, 4)))]
+        if self.digits and rng.random() < 0.2:  # ROUTE 66, Open 24 hours, Gate 7
+            parts.insert(rng.randrange(len(parts) + 1), self._digits(rng, rng.choice((1, 2, 2, 3, 4))))
+        if self.punctuation and rng.random() < PUNCTUATION_RATE:
+            parts[-1] = self._punctuate(rng, parts[-1])
+        text = " ".join(parts)
+        while len(parts) > 1 and not self._ok(text):  # too long: drop words from the end
+            parts.pop()
+            text = " ".join(parts)
+        return text
 
     def _word_number(self, rng: random.Random) -> str:
         word = self._case(rng, self.words.draw(rng))

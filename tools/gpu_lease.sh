@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One GPU lease, unattended: continue a checkpoint's training on the lent machine until shortly
+# before the command's time is up, then bring back the model, its metrics and the logs.
+#
+# Here, once per session (the lent machine has no network and lacks two of our packages):
+#   python tools/prepare_default_data.py --shared ../shared/data && python tools/gather_fonts.py
+#   echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: \
+#       --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl lmdb editdistance
+# Then with the device tool: run `bash tools/gpu_lease.sh`, carry [".whl", "data/gpu"], timeout_s 600.
+#
+# What it does (times from the script's start; LEASE_SECONDS is the command's own limit):
+#   1. installs the carried wheels, records the machine (GPU, torch) and samples GPU use every 5 s;
+#   2. probe: trains PROBE_SECONDS from INIT_FROM with the recipe, stops it (state saved) and
+#      reads the data rate off metrics.jsonl;
+#   3. resumes the same run with max_steps set so that the cosine schedule ends RESERVE seconds
+#      before LEASE_SECONDS (a SIGTERM at that point saves the state if the rate drops);
+#   4. validates the last checkpoint on both protocols, exports best and last as float16, and
+#      copies them with the logs to $OUT (the device tool brings that folder back).
+# The warm-up (300 steps) is independent of max_steps, so the probe's steps are part of the run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+LEASE_SECONDS=${LEASE_SECONDS:-570}
+RESERVE=${RESERVE:-60}
+PROBE_SECONDS=${PROBE_SECONDS:-45}
+RECIPE=${RECIPE:-checkpoints/model2.toml}
+INIT_FROM=${INIT_FROM:-checkpoints/default.safetensors}
+RUN=${RUN:-runs/lease}
+OUT=${OUT:-runs/lease_out}
+mkdir -p "$OUT"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+log() { echo "[lease $(elapsed)s] $*" | tee -a "$OUT/lease.log"; }
+
+WHEELS=${WHEELS:-.whl}  # lmdb and editdistance for the machine's Python (3.12); "none" skips them
+export PYTHONPATH=$PWD
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD || { log "wheel install failed"; exit 1; }
+fi
+export PYTHONUNBUFFERED=1
+# The main process only feeds the GPU; its threads would compete with the data workers.
+export OMP_NUM_THREADS=2
+textrec() { python3 -m cli.main "$@"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/lease.log"
+python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$OUT/lease.log"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
+SAMPLER=$!
+
+log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
+timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" \
+    --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
+PLAN=$(python3 - "$RUN/metrics.jsonl" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" <<'EOF'
+import json, sys
+path, lease, reserve, now = sys.argv[1], *map(int, sys.argv[2:])
+records = [json.loads(line) for line in open(path) if line.strip()]
+speeds = [r["images_per_second"] for r in records if "images_per_second" in r]
+step = max(r["step"] for r in records)
+batch = json.load(open(path.replace("metrics.jsonl", "config.json")))["batch_size"]
+rate = sum(speeds[-3:]) / len(speeds[-3:]) / batch  # steady state: the last intervals
+restart = 15  # seconds the resumed run needs before its first step (workers, fonts, LMDBs)
+left = lease - reserve - now - restart
+print(step + int(rate * left), f"{rate * batch:.0f}", step)
+EOF
+)
+read -r MAX_STEPS RATE PROBE_STEP <<< "$PLAN"
+log "probe reached step $PROBE_STEP at ${RATE} images/s; max_steps -> $MAX_STEPS"
+
+TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
+timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" --max-steps "$MAX_STEPS" \
+    --output "$RUN" >> "$OUT/train.log" 2>&1
+log "training ended (exit $?)"
+
+textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --json "$OUT/val_last_36.json" >> "$OUT/lease.log" 2>&1
+textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --protocol 62 --json "$OUT/val_last_62.json" >> "$OUT/lease.log" 2>&1
+for name in best last; do
+    textrec export "$RUN/$name.safetensors" "$OUT/${name}_fp16.safetensors" --half >> "$OUT/lease.log" 2>&1
+done
+cp "$RUN/metrics.jsonl" "$OUT/"
+kill "$SAMPLER" 2>/dev/null
+python3 - "$OUT" <<'EOF' 2>&1 | tee -a "$OUT/lease.log"
+import json, sys
+out = sys.argv[1]
+last36, last62 = (json.load(open(f"{out}/val_last_{p}.json"))[0] for p in ("36", "62"))
+print(json.dumps({"val_last_36": last36["accuracy"], "val_last_62": last62["accuracy"], "val_last_ned": last36["ned"]}))
+EOF
+log "done"
