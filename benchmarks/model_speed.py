@@ -3,7 +3,7 @@
 Times `Recognizer.recognize` on decoded grayscale word images (preprocessing, forward pass and CTC
 decoding; not file decoding), after a warm-up, with the images of an LMDB or synthetic renders.
 
-    python benchmarks/model_speed.py checkpoints/default.safetensors [--data data/benchmarks/IC13_857] [--threads 2]
+    python benchmarks/model_speed.py checkpoints/default.safetensors [--data data/benchmarks/IC13_857] [--threads 2] [--width fixed|dynamic]
 
 The last line is one JSON object: {"batch1_images_per_second": ..., "batch32_images_per_second": ..., ...}.
 """
@@ -11,6 +11,7 @@ The last line is one JSON object: {"batch1_images_per_second": ..., "batch32_ima
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -49,15 +50,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--width", choices=("checkpoint", "fixed", "dynamic"), default="checkpoint",
+        help="pad every input to the model width (fixed), each batch to its widest image (dynamic), or as the checkpoint says",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
+    if args.width != "checkpoint":
+        recognizer.preprocess = dataclasses.replace(recognizer.preprocess, dynamic_width=args.width == "dynamic")
     images = load_images(args.data, args.count)
     result = {
         "checkpoint": args.checkpoint,
         "parameters": sum(p.numel() for p in recognizer.model.parameters()),
         "threads": torch.get_num_threads(),
+        "dynamic_width": recognizer.preprocess.dynamic_width,
         "batch1_images_per_second": round(images_per_second(recognizer, images, 1, args.repeats), 1),
         "batch32_images_per_second": round(images_per_second(recognizer, images, 32, args.repeats), 1),
     }

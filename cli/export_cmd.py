@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,13 +18,17 @@ def export(
     output: Path = typer.Argument(..., help="File to write."),
     export_format: str = typer.Option("safetensors", "--format", help=f"One of: {', '.join(FORMATS)}."),
     half: bool = typer.Option(False, help="safetensors: store float weights as float16 (half the size)."),
+    dynamic_width: Optional[bool] = typer.Option(
+        None, "--dynamic-width/--fixed-width",
+        help="safetensors: at inference pad each batch only to its widest image, or every image to the model width (default: as the checkpoint).",
+    ),
 ) -> None:
     """Write a checkpoint as float16 safetensors (e.g. to ship it) or as an ONNX graph."""
     if export_format == "safetensors":
-        export_safetensors(checkpoint, output, half=half)
+        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width)
     elif export_format == "onnx":
-        if half:
-            fail("--half applies to the safetensors format only")
+        if half or dynamic_width is not None:
+            fail("--half and --dynamic-width apply to the safetensors format only")
         export_onnx(checkpoint, output)
     else:
         fail(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")

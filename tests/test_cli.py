@@ -15,7 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from cliutil import assert_one_clear_line
 from imagegen import png_bytes, render_word, write_lmdb
+from textrec.checkpoint import load_checkpoint
 from textrec.data.images import open_image
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.decode import Decoded
@@ -252,3 +254,14 @@ def test_train_refine_gates_option(tmp_path, trained):
     assert json.loads((tmp_path / "io" / "config.json").read_text())["refine_gates"] == ["i", "o"]
     result = invoke(*common, "--output", tmp_path / "bad", "--refine", "add", "--refine-gates", "i,q")
     assert result.exit_code == 1 and "error: cannot refine gate(s) 'q' of lstm" in result.output
+
+
+def test_export_sets_the_inference_width_mode(trained, tmp_path):
+    source = trained / "run" / "best.safetensors"
+    assert not load_checkpoint(source).preprocess.dynamic_width
+    result = invoke("export", source, tmp_path / "dyn.safetensors", "--dynamic-width")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "dyn.safetensors").preprocess.dynamic_width
+    result = invoke("export", tmp_path / "dyn.safetensors", tmp_path / "fixed.safetensors", "--fixed-width")
+    assert not load_checkpoint(tmp_path / "fixed.safetensors").preprocess.dynamic_width
+    assert_one_clear_line(invoke("export", source, tmp_path / "m.onnx", "--format", "onnx", "--dynamic-width"), "safetensors")

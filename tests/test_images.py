@@ -1,13 +1,22 @@
 """Image decoding for every mode users throw at the tool, and the model's preprocessing."""
 
 import io
+import math
 
 import pytest
 import torch
 from PIL import Image
 
 from imagegen import png_bytes, render_word
-from textrec.data.images import MAX_IMAGE_PIXELS, Preprocess, open_image, resize_for_model, to_tensor
+from textrec.data.images import (
+    MAX_IMAGE_PIXELS,
+    MIN_INPUT_WIDTH,
+    Preprocess,
+    input_width,
+    open_image,
+    resize_for_model,
+    to_tensor,
+)
 from textrec.errors import DataError
 
 
@@ -98,3 +107,25 @@ def test_tensor_is_normalised():
     tensor = to_tensor(Image.new("L", (50, 32), 255), Preprocess())
     assert tensor.shape == (1, 32, 100)
     assert torch.allclose(tensor, torch.ones_like(tensor))
+
+
+def test_dynamic_width_pads_a_batch_only_to_its_widest_image():
+    from textrec.model import CRNN, CRNNConfig
+    from textrec.charset import Charset
+    from textrec.predict import Recognizer
+
+    charset = Charset.from_spec("36")
+    model = CRNN(CRNNConfig(num_classes=charset.num_classes, channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16))
+    short, long = render_word("ab"), render_word("a much longer line of text")
+    fixed = Recognizer(model, charset, Preprocess(width=160))
+    dynamic = Recognizer(model, charset, Preprocess(width=160, dynamic_width=True))
+    assert fixed.prepare([short]).shape[-1] == 160
+    alone = dynamic.prepare([short])
+    expected = max(MIN_INPUT_WIDTH, math.ceil(32 * short.width / short.height))
+    assert alone.shape[-1] == input_width(short, dynamic.preprocess) == expected < 160
+    tiny = Image.new("L", (3, 40), 255)  # a sliver still gets the minimum width
+    assert dynamic.prepare([tiny]).shape[-1] == MIN_INPUT_WIDTH
+    assert dynamic.prepare([short, long]).shape[-1] == 160  # the long line fills the model width
+    # The image itself is resized the same way; only the padding differs.
+    width = alone.shape[-1]
+    assert torch.equal(alone[0, :, :, :width], fixed.prepare([short])[0, :, :, :width])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import warnings
@@ -15,12 +16,17 @@ from .errors import CheckpointError
 FORMATS = ("safetensors", "onnx")
 
 
-def export_safetensors(source: str | Path, output: str | Path, half: bool = False) -> Checkpoint:
+def export_safetensors(
+    source: str | Path, output: str | Path, half: bool = False, dynamic_width: bool | None = None
+) -> Checkpoint:
     """Copy a checkpoint, with floating-point weights stored as float16 when `half` (half the size).
 
     Loading casts the weights back to the model's float32, so a half copy needs no flag to use.
+    `dynamic_width` (None: as the source) sets how inference pads its batches (see Preprocess).
     """
     checkpoint = load_checkpoint(source)
+    if dynamic_width is not None:
+        checkpoint.preprocess = dataclasses.replace(checkpoint.preprocess, dynamic_width=dynamic_width)
     if half:
         checkpoint.state_dict = {
             k: v.half() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .charset import Charset
 from .checkpoint import load_checkpoint
-from .data.images import Preprocess, open_image, to_tensor
+from .data.images import Preprocess, input_width, open_image, to_tensor
 from .decode import Decoded, greedy_decode
 from .errors import DataError
 from .model import CRNN
@@ -43,7 +43,10 @@ class Recognizer:
         return cls(model, checkpoint.charset, checkpoint.preprocess, target)
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([to_tensor(image, self.preprocess) for image in images])
+        width = None
+        if self.preprocess.dynamic_width and self.preprocess.keep_ratio and images:
+            width = max(input_width(image, self.preprocess) for image in images)
+        return torch.stack([to_tensor(image, self.preprocess, width) for image in images])
 
     @torch.inference_mode()
     def recognize_tensor(self, batch: torch.Tensor) -> list[Decoded]:

@@ -21,6 +21,9 @@ from ..errors import DataError
 # Word crops are small; anything above this many pixels is refused before decoding.
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# With dynamic width, narrower inputs are padded to this: the CNN needs a few columns, and one
+# glyph alone should still get several CTC frames.
+MIN_INPUT_WIDTH = 32
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,15 @@ class Preprocess:
     keep_ratio: resize to `height` keeping the aspect ratio, squeeze to `width` if wider,
     and pad on the right by repeating the last column (as deep-text-recognition-benchmark's PAD).
     Otherwise stretch to `height` x `width`.
+    dynamic_width (with keep_ratio, at inference only): pad each batch only to its widest image
+    instead of to `width`, so a short word alone costs what its own width costs. Training always
+    pads to `width`, which is how the model learns to ignore any amount of padding.
     """
 
     height: int = 32
     width: int = 100
     keep_ratio: bool = True
+    dynamic_width: bool = False
     mean: float = 0.5
     std: float = 0.5
 
@@ -107,9 +114,17 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("RGB").convert("L")
 
 
-def resize_for_model(image: Image.Image, preprocess: Preprocess) -> Image.Image:
-    """Resize a grayscale image to the model's input size (see Preprocess)."""
-    height, width = preprocess.height, preprocess.width
+def input_width(image: Image.Image, preprocess: Preprocess) -> int:
+    """The width the image takes in the model's input before padding (at least MIN_INPUT_WIDTH)."""
+    if not preprocess.keep_ratio:
+        return preprocess.width
+    w, h = image.size
+    return min(preprocess.width, max(MIN_INPUT_WIDTH, math.ceil(preprocess.height * w / h)))
+
+
+def resize_for_model(image: Image.Image, preprocess: Preprocess, width: int | None = None) -> Image.Image:
+    """Resize a grayscale image to the model's input size (see Preprocess); `width` overrides the padded width."""
+    height, width = preprocess.height, width or preprocess.width
     if not preprocess.keep_ratio:
         return image.resize((width, height), Image.BICUBIC)
     w, h = image.size
@@ -125,9 +140,10 @@ def resize_for_model(image: Image.Image, preprocess: Preprocess) -> Image.Image:
     return canvas
 
 
-def to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """A (1, H, W) float tensor, normalised with the preprocessing's mean and std."""
-    resized = resize_for_model(image, preprocess)
+def to_tensor(image: Image.Image, preprocess: Preprocess, width: int | None = None) -> torch.Tensor:
+    """A (1, H, W) float tensor, normalised with the preprocessing's mean and std; W is `width` or the preprocessing's."""
+    width = width or preprocess.width
+    resized = resize_for_model(image, preprocess, width)
     data = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8)
-    tensor = data.view(1, preprocess.height, preprocess.width).float().div_(255.0)
+    tensor = data.view(1, preprocess.height, width).float().div_(255.0)
     return tensor.sub_(preprocess.mean).div_(preprocess.std)
