@@ -1,0 +1,147 @@
+"""Training throughput, split into its parts: the data pipeline alone, and training steps alone.
+
+    python benchmarks/data_speed.py                                  # CPU, the shipped architecture
+    python benchmarks/data_speed.py --device cuda --workers 15 --batch-sizes 256 1024
+
+1. data: images/s that the training loader delivers (synthetic renders and/or real LMDBs, as
+   `--train-data` specs, with the training augmentation), for `--seconds` after a warm-up.
+2. steps: images/s of forward + CTC + backward + AdamW on random images of the model's input size
+   (no data loading), per batch size, for the shipped architecture with our recurrent layer
+   (vanilla gates, and refined `add` on i,o) and with torch.nn.LSTM (cuDNN on a GPU) in its place.
+   On CUDA with float16 autocast, as training runs.
+The whole training step runs no faster than the slower of the two. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from torch import nn
+
+from textrec.charset import Charset
+from textrec.checkpoint import load_checkpoint
+from textrec.data.augment import build_augmentation
+from textrec.data.lmdb_store import close_all
+from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from textrec.model import CRNN
+from textrec.predict import resolve_device
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "default.safetensors")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def data_rate(args, charset: Charset, preprocess, frames: int) -> float:
+    sources, shares = open_sources(args.train_data, charset, frames, 0, {"max_frames": frames, "fonts": args.fonts or None})
+    counts = split_batch(args.data_batch, shares)
+    loader = torch.utils.data.DataLoader(
+        TrainingSamples(sources, charset, preprocess, build_augmentation()),
+        batch_sampler=StepBatchSampler([s.size for s in sources], counts, 0, 0, 10**9),
+        collate_fn=Collate(charset),
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+    )
+    if args.workers:
+        close_all()
+    batches = iter(loader)
+    start = time.perf_counter()
+    while time.perf_counter() - start < args.warmup:
+        next(batches)
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+        images += len(next(batches).labels)
+    return images / (time.perf_counter() - start)
+
+
+class TorchLSTM(nn.Module):
+    """torch.nn.LSTM in GatedRNN's place (cuDNN on a GPU), for the comparison."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, bidirectional=True)
+
+    def forward(self, x):
+        return self.lstm(x)
+
+
+def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ctc = nn.CTCLoss(zero_infinity=True)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    images = torch.randn(batch, 1, height, width, device=device)
+    lengths = torch.full((batch,), 8, dtype=torch.long)
+    targets = torch.randint(1, classes, (batch * 8,), dtype=torch.long)
+
+    def one_step():
+        with torch.autocast(device.type, enabled=use_amp):
+            logits = model(images)
+        log_probs = logits.float().log_softmax(2)
+        loss = ctc(log_probs, targets, torch.full((batch,), log_probs.shape[0], dtype=torch.long), lengths)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(3):
+        one_step()
+    sync(device)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one_step()
+        steps += 1
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=SHIPPED, help="architecture, charset and input size to measure")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-data", nargs="+", default=["synth"], help="--train-data specs for the data part")
+    parser.add_argument("--fonts", nargs="*", default=[], help="font folders for synth")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-batch", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--skip-data", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    config, preprocess, charset = checkpoint.model_config, checkpoint.preprocess, checkpoint.charset
+    frames = CRNN(config).output_length(preprocess.width)
+    result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "cpus": os.cpu_count(), "workers": args.workers, "width": preprocess.width}
+    if not args.skip_data:
+        rate = data_rate(args, charset, preprocess, frames)
+        result["data_images_per_second"] = round(rate, 1)
+        print(f"data: {rate:.0f} images/s ({args.workers} workers, {' '.join(args.train_data)})", flush=True)
+    variants = {
+        "ours_vanilla": dict(refine="none", refine_gates=None),
+        "ours_refined_add_io": dict(refine="add", refine_gates=("i", "o")),
+        "torch_lstm": None,
+    }
+    for name, change in variants.items():
+        for batch in args.batch_sizes:
+            if change is None:
+                model = CRNN(config)
+                model.sequence = TorchLSTM(model.backbone.out_channels, config.hidden_size, config.num_layers)
+            else:
+                model = CRNN(type(config).from_dict({**config.to_dict(), **change}))
+            model = model.to(device).train()
+            rate = step_rate(model, batch, preprocess.height, preprocess.width, config.num_classes, device, args.seconds)
+            result[f"steps_{name}_b{batch}_images_per_second"] = round(rate, 1)
+            print(f"steps: {name}, batch {batch}: {rate:.0f} images/s", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
