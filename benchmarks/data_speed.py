@@ -3,13 +3,14 @@
     python benchmarks/data_speed.py                                  # CPU, the shipped architecture
     python benchmarks/data_speed.py --device cuda --workers 15 --batch-sizes 256 1024
 
-1. data: images/s that the training loader delivers (synthetic renders and/or real LMDBs, as
-   `--train-data` specs, with the training augmentation), for `--seconds` after a warm-up.
+1. data: images/s that the training loader's CPU workers deliver (rasterised texts and decoded real
+   crops, as `--train-data` specs), for `--seconds` after a warm-up; then images/s of the device
+   stage alone (`textrec.synth`: geometry, backgrounds, camera) on those batches.
 2. steps: images/s of forward + CTC + backward + AdamW on random images of the model's input size
    (no data loading), per batch size, for the shipped architecture with our recurrent layer
    (vanilla gates, and refined `add` on i,o) and with torch.nn.LSTM (cuDNN on a GPU) in its place.
    On CUDA with float16 autocast, as training runs.
-The whole training step runs no faster than the slower of the two. The last line is one JSON object.
+Training runs no faster than the slowest of the three. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from torch import nn
 
 from textrec.charset import Charset
 from textrec.checkpoint import load_checkpoint
-from textrec.data.augment import build_augmentation
 from textrec.data.lmdb_store import close_all
 from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
 from textrec.model import CRNN
 from textrec.predict import resolve_device
+from textrec.synth.pipeline import Finisher
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "default.safetensors")
 
@@ -38,15 +39,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def data_rate(args, charset: Charset, preprocess, frames: int) -> float:
+def data_rates(args, charset: Charset, preprocess, frames: int, device: torch.device) -> tuple[float, float]:
+    """Images/s of the loader (CPU workers) and of the device stage on the loader's batches."""
+    finisher = Finisher(preprocess.height, preprocess.width, 0, device)
     sources, shares = open_sources(args.train_data, charset, frames, 0, {"max_frames": frames, "fonts": args.fonts or None})
     counts = split_batch(args.data_batch, shares)
     loader = torch.utils.data.DataLoader(
-        TrainingSamples(sources, charset, preprocess, build_augmentation()),
+        TrainingSamples(sources, charset, finisher.canvas_size, preprocess.keep_ratio, finisher.scale),
         batch_sampler=StepBatchSampler([s.size for s in sources], counts, 0, 0, 10**9),
         collate_fn=Collate(charset),
         num_workers=args.workers,
         prefetch_factor=4 if args.workers else None,
+        pin_memory=device.type == "cuda",
     )
     if args.workers:
         close_all()
@@ -54,10 +58,24 @@ def data_rate(args, charset: Charset, preprocess, frames: int) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < args.warmup:
         next(batches)
+    kept = []
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < args.seconds:
-        images += len(next(batches).labels)
-    return images / (time.perf_counter() - start)
+        batch = next(batches)
+        images += len(batch.labels)
+        if len(kept) < 8:
+            kept.append(batch.raw)
+    loader_rate = images / (time.perf_counter() - start)
+    finisher.model_input(kept[0], 0)  # warm-up
+    sync(device)
+    start, images, step = time.perf_counter(), 0, 0
+    while time.perf_counter() - start < args.seconds:
+        raw = kept[step % len(kept)]
+        finisher.model_input(raw, step)
+        images += raw.pixels.shape[0]
+        step += 1
+    sync(device)
+    return loader_rate, images / (time.perf_counter() - start)
 
 
 class TorchLSTM(nn.Module):
@@ -121,9 +139,11 @@ def main() -> None:
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "cpus": os.cpu_count(), "workers": args.workers, "width": preprocess.width}
     if not args.skip_data:
-        rate = data_rate(args, charset, preprocess, frames)
-        result["data_images_per_second"] = round(rate, 1)
-        print(f"data: {rate:.0f} images/s ({args.workers} workers, {' '.join(args.train_data)})", flush=True)
+        loader, scene = data_rates(args, charset, preprocess, frames, device)
+        result["data_images_per_second"] = round(loader, 1)
+        result["device_stage_images_per_second"] = round(scene, 1)
+        print(f"data: {loader:.0f} images/s ({args.workers} workers, {' '.join(args.train_data)})", flush=True)
+        print(f"device stage: {scene:.0f} images/s (batch {args.data_batch}, {device})", flush=True)
     variants = {
         "ours_vanilla": dict(refine="none", refine_gates=None),
         "ours_refined_add_io": dict(refine="add", refine_gates=("i", "o")),

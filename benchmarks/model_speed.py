@@ -27,10 +27,10 @@ def load_images(data: str | None, count: int):
     if data:
         dataset = LmdbDataset(data)
         return [dataset.read_image(i)[0] for i in range(min(count, len(dataset)))]
-    from textrec.data.synth import SynthSource
+    from textrec.synth.glyphs import GlyphSource
+    from textrec.synth.writer import Renderer
 
-    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
-    return [source.sample(i)[0] for i in range(count)]
+    return [image for image, _ in Renderer(GlyphSource(0, Charset.from_spec("36"))).render(count)]
 
 
 def images_per_second(recognizer: Recognizer, images, batch_size: int, repeats: int) -> float:

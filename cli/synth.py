@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from textrec.charset import DEFAULT_CHARSET, Charset
-from textrec.data.synth import IMAGE_FORMATS, SynthRenderer, make_preview, write_synth_lmdb
+from textrec.synth.glyphs import GlyphSource
+from textrec.synth.writer import IMAGE_FORMATS, Renderer, make_preview, write_synth_lmdb
 
 from .common import console, err_console, user_errors, warn
 
@@ -28,6 +29,9 @@ def synth(
     ),
     charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels must fit: 36, 62, 94, 95 (94 + space), file:PATH or the characters."),
     max_frames: int = typer.Option(26, min=1, help="CTC frames of the model: labels are generated to fit them."),
+    height: int = typer.Option(32, min=8, help="Model input height: images are written this high (times --scale)."),
+    width: int = typer.Option(100, min=8, help="Model input width: wider texts are squeezed to it (times --scale), as training squeezes them."),
+    scale: int = typer.Option(1, min=1, max=4, help="Make the images this many times the model's input size (training uses 2)."),
     workers: int = typer.Option(1, min=1, help="Rendering processes."),
     image_format: str = typer.Option("jpeg", "--format", help=f"Image encoding in the LMDB: {', '.join(IMAGE_FORMATS)}."),
     preview: Optional[Path] = typer.Option(None, help="Also write a contact sheet PNG of the first samples."),
@@ -35,20 +39,19 @@ def synth(
 ) -> None:
     """Render synthetic scene-text word images (many fonts, backgrounds, distortions) into an LMDB."""
     chars = Charset.from_spec(charset)
-    renderer = SynthRenderer(
-        seed, chars, max_frames, [str(f) for f in fonts or []], str(words) if words else None, system_fonts
-    )
-    names = ", ".join(f.name for f in renderer.faces[:-1][:6]) + (" ..." if renderer.font_count > 6 else "")
-    if renderer.font_count:
-        console.print(f"fonts: {renderer.font_count} found ({names}) + Pillow's built-in font")
+    glyphs = GlyphSource(seed, chars, max_frames, [str(f) for f in fonts or []], str(words) if words else None, system_fonts)
+    renderer = Renderer(glyphs, height, width, scale)
+    names = ", ".join(f.name for f in glyphs.faces[:-1][:6]) + (" ..." if glyphs.font_count > 6 else "")
+    if glyphs.font_count:
+        console.print(f"fonts: {glyphs.font_count} found ({names}) + Pillow's built-in font")
     else:
         warn(
             "no fonts found; rendering with Pillow's built-in font only. For variety install font packages "
             "(e.g. fonts-liberation2, fonts-urw-base35) or pass --fonts DIR"
         )
-    for path, reason in renderer.rejected_fonts[:5]:
+    for path, reason in glyphs.rejected_fonts[:5]:
         warn(f"font not used: {path}: {reason}")
-    word_list = renderer.text.words
+    word_list = glyphs.text.words
     if word_list is None:
         console.print("words: none (the charset has no letters); numbers, codes and random strings only")
     else:
@@ -63,18 +66,14 @@ def synth(
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        report = write_synth_lmdb(
-            output_dir, count, seed, chars, workers=workers, on_progress=on_progress,
-            max_frames=max_frames, image_format=image_format, renderer=renderer,
-        )
+        report = write_synth_lmdb(output_dir, count, renderer, workers=workers, on_progress=on_progress, image_format=image_format)
     console.print(
         f"wrote {report.written:,} images to {report.output} in {report.seconds:.1f} s "
         f"({report.images_per_second:,.0f} images/s with {workers} worker{'s' if workers > 1 else ''}, "
         f"{report.bytes_written / max(1, report.written) / 1024:.1f} KiB per image)"
     )
     if preview is not None:
-        samples = [renderer.render(i) for i in range(min(preview_count, count))]
-        make_preview(samples, preview, columns=4)
+        make_preview(renderer.render(min(preview_count, count)), preview, columns=4)
         console.print(f"preview: {preview}")
 
 
@@ -86,7 +85,7 @@ def samples(
     charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels fit."),
 ) -> None:
     """Render a few synthetic word images as PNG files (with a gt.txt) to try `predict`, `create-lmdb` and `eval` on."""
-    from textrec.data.synth import write_sample_images
+    from textrec.synth.writer import write_sample_images
 
     written = write_sample_images(output_dir, count, seed, Charset.from_spec(charset))
     console.print(f"wrote {len(written)} images and {output_dir / 'gt.txt'}")

@@ -113,7 +113,7 @@ def train(
     hidden_size: int = typer.Option(256, min=1),
     channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),
     width: int = typer.Option(100, min=8, help="Input width in pixels (height is 32)."),
-    augment: bool = typer.Option(True, help="Augment training images."),
+    augment: bool = typer.Option(True, help="Augment real training images on the device (synthetic ones always get their effects)."),
     val_interval: int = typer.Option(500, min=1),
     val_max_samples: Optional[int] = typer.Option(None, min=1, help="Validate on at most this many samples per set."),
     save_interval: int = typer.Option(200, min=1, help="Steps between resume saves."),

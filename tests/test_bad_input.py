@@ -215,10 +215,10 @@ def test_training_screens_labels_and_skips_unreadable_images(messy_lmdb):
     assert (screening.unreadable, screening.empty, screening.too_long, screening.unknown_chars) == (4, 1, 1, 1)
     assert screening.kept == source.size == 6 and screening.kept + screening.dropped == 13
     assert any("record 3: label is not valid UTF-8" in e for e in screening.examples)
-    samples = TrainingSamples([source], charset, Preprocess())
+    samples = TrainingSamples([source], charset, (64, 200))
     batch = Collate(charset)([samples[(0, index, index)] for index in range(source.size)])
     assert sorted(batch.labels) == ["ok", "wide"]
-    assert batch.images.shape == (2, 1, 32, 100)
+    assert batch.raw.pixels.shape[0] == 2 and batch.raw.pixels.shape[1] == 64 and batch.raw.is_real.all()
     assert len(batch.errors) == 4
     for number in (2, 4, 6, 11):
         assert sum(f"record {number}: {UNREADABLE[number]}" in e for e in batch.errors) == 1, batch.errors

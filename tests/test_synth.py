@@ -1,7 +1,8 @@
-"""The synthetic word renderer, its LMDB writer and CLI, and the training augmentation."""
+"""The word-image pipeline: glyphs on the CPU, the batched device stage, the LMDB writer and its CLI."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import re
@@ -14,14 +15,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.synth import synth
+from imagegen import render_word
 from textrec.charset import Charset, ctc_min_length
-from textrec.data import fonts as fonts_module
-from textrec.data.augment import AUGMENTATIONS, build_augmentation
-from textrec.data.fonts import BUILTIN, discover_fonts
+from textrec.data.images import Preprocess, to_tensor
 from textrec.data.lmdb_store import LmdbDataset
-from textrec.data.synth import EFFECTS, MAX_HEIGHT, MIN_HEIGHT, SynthSource, make_preview, write_synth_lmdb
-from textrec.data.synth_text import TEXT_KINDS, TextSampler
 from textrec.errors import DataError
+from textrec.synth import fonts as fonts_module
+from textrec.synth import glyphs as glyphs_module
+from textrec.synth.fonts import BUILTIN, discover_fonts, load_font
+from textrec.synth.glyphs import GlyphSource, rasterise
+from textrec.synth.params import EFFECTS, Draws
+from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real
+from textrec.synth.text import TEXT_KINDS, TextSampler
+from textrec.synth.writer import Renderer, make_preview, write_synth_lmdb
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "synth.md"
 
@@ -37,11 +43,17 @@ def records(path: Path) -> list[tuple[bytes, str]]:
     return [dataset.read(i) for i in range(len(dataset))]
 
 
+def renderer(seed=1, spec="36", **kw) -> Renderer:
+    return Renderer(GlyphSource(seed, Charset.from_spec(spec), **kw))
+
+
+# ---- determinism and the LMDB writer ----------------------------------------------------------------
+
+
 def test_same_seed_same_lmdb_other_seed_differs(tmp_path):
-    charset = Charset.from_spec("36")
-    first = write_synth_lmdb(tmp_path / "a", 40, seed=1, charset=charset)
-    write_synth_lmdb(tmp_path / "b", 40, seed=1, charset=charset)
-    write_synth_lmdb(tmp_path / "c", 40, seed=2, charset=charset)
+    first = write_synth_lmdb(tmp_path / "a", 40, renderer(1))
+    write_synth_lmdb(tmp_path / "b", 40, renderer(1))
+    write_synth_lmdb(tmp_path / "c", 40, renderer(2))
     assert first.written == 40 and first.images_per_second > 0
     a, b, c = records(tmp_path / "a"), records(tmp_path / "b"), records(tmp_path / "c")
     assert a == b
@@ -49,10 +61,10 @@ def test_same_seed_same_lmdb_other_seed_differs(tmp_path):
     assert sum(x[0] != y[0] for x, y in zip(a, c)) > 30
 
 
-def test_two_workers_write_what_one_writes(tmp_path):
-    charset = Charset.from_spec("36")
-    one = write_synth_lmdb(tmp_path / "one", 50, seed=5, charset=charset, workers=1, chunk_size=8)
-    two = write_synth_lmdb(tmp_path / "two", 50, seed=5, charset=charset, workers=2, chunk_size=8)
+def test_two_workers_write_what_one_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr("textrec.synth.writer.CHUNK", 8)  # several chunks in flight
+    one = write_synth_lmdb(tmp_path / "one", 50, renderer(5), workers=1)
+    two = write_synth_lmdb(tmp_path / "two", 50, renderer(5), workers=2)
     assert one.written == two.written == 50
     assert records(tmp_path / "one") == records(tmp_path / "two")
 
@@ -61,14 +73,14 @@ def test_two_workers_write_what_one_writes(tmp_path):
 def test_every_sample_decodes_with_a_label_that_fits(tmp_path, spec):
     charset = Charset.from_spec(spec)
     progress = []
-    write_synth_lmdb(tmp_path / spec, 120, seed=3, charset=charset, image_format="png", on_progress=lambda d, t: progress.append((d, t)))
+    write_synth_lmdb(tmp_path / spec, 120, renderer(3, spec), image_format="png", on_progress=lambda d, t: progress.append((d, t)))
     assert progress[-1] == (120, 120)
     dataset = LmdbDataset(tmp_path / spec)
     assert len(dataset) == 120
     labels = []
     for index in range(len(dataset)):
         image, label = dataset.read_image(index)
-        assert image.mode == "L" and MIN_HEIGHT <= image.height <= MAX_HEIGHT and image.width >= 2
+        assert image.mode == "L" and image.height == 32 and 8 <= image.width <= 100  # a 32x100 model's input, unpadded
         assert label and not charset.unknown_chars(label), label
         assert ctc_min_length(charset.normalize(label)) <= 26
         labels.append(label)
@@ -76,6 +88,93 @@ def test_every_sample_decodes_with_a_label_that_fits(tmp_path, spec):
         assert all(label.isalnum() for label in labels)
     assert len(set(labels)) > 100  # varied text
     assert any(label.isupper() for label in labels) and any(label.islower() for label in labels)
+
+
+def test_raw_samples_are_a_pure_function_of_seed_and_index():
+    source = SynthSource(seed=9, charset=Charset.from_spec("94"))
+    assert source.name == "synth" and source.size is None
+    first = source.raw(7)
+    again = SynthSource(seed=9, charset=Charset.from_spec("94")).raw(7)
+    copied = pickle.loads(pickle.dumps(source)).raw(7)  # as a DataLoader worker gets it
+    for other in (again, copied, source.raw(7)):
+        assert other.label == first.label and (other.pixels == first.pixels).all() and other.ink == first.ink
+    assert source.raw(8).label != first.label or (source.raw(8).pixels.shape != first.pixels.shape)
+
+
+def test_device_stage_is_deterministic_per_step_on_cpu():
+    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
+    batch, _ = collate_raw([source.raw(i) for i in range(16)])
+    finisher = Finisher(32, 100, seed=3)
+    a, b = finisher.model_input(batch, 5), finisher.model_input(batch, 5)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, finisher.model_input(batch, 6))
+    assert not torch.equal(a, Finisher(32, 100, seed=4).model_input(batch, 5))
+    assert a.shape == (16, 1, 32, 100) and a.min() >= -1 and a.max() <= 1
+
+
+def test_every_sample_of_a_batch_gets_its_own_parameters():
+    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
+    one = source.raw(0)
+    batch, _ = collate_raw([one] * 24)  # the same text 24 times
+    images = Finisher(32, 100, seed=0).model_input(batch, 0)
+    distinct = {images[i].numpy().tobytes() for i in range(24)}
+    assert len(distinct) == 24
+    draws = Draws(torch.Generator().manual_seed(0), torch.zeros(1000, dtype=torch.bool))
+    fires = draws.fires("blur").float().mean().item()
+    assert 0.25 < fires < 0.35  # blur's synth probability, 0.30, drawn per sample
+
+
+def test_real_crops_without_effects_match_inference_preprocessing():
+    image = render_word("Door")
+    finisher = Finisher(32, 100, seed=0, augment_real=False)
+    batch, labels = collate_raw([raw_real(image, "Door", *finisher.canvas_size)])
+    trained_on = finisher.model_input(batch, 0)[0]
+    assert labels == ["Door"]
+    assert torch.allclose(trained_on, to_tensor(image, Preprocess(32, 100)), atol=1e-5)
+    augmented = Finisher(32, 100, seed=0).model_input(collate_raw([raw_real(image, "Door", *finisher.canvas_size)] * 16)[0], 0)
+    assert sum(not torch.allclose(augmented[i], trained_on, atol=1e-3) for i in range(16)) >= 4  # some effects fire
+
+
+def test_mixed_batches_of_synthetic_and_real_samples():
+    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
+    finisher = Finisher(32, 128, seed=0)
+    raws = [source.raw(i) for i in range(6)] + [raw_real(render_word("exit"), "exit", *finisher.canvas_size)] * 2
+    batch, labels = collate_raw(raws)
+    assert batch.is_real.tolist() == [False] * 6 + [True] * 2 and labels[-1] == "exit"
+    images = finisher.images(batch, 0)
+    assert all(im.mode == "L" and im.height == 64 for im in images)
+    word = render_word("exit")
+    assert images[-1].width == 2 * min(128, math.ceil(32 * word.width / word.height))  # its own width, unpadded
+
+
+# ---- labels, fonts and texts ------------------------------------------------------------------------
+
+
+def test_label_is_the_rasterised_text():
+    source = GlyphSource(seed=4, charset=Charset.from_spec("94"))
+    by_name = {face.name: face for face in source.faces}
+    for index in range(40):
+        sample = source.sample(index)
+        font = load_font(by_name[sample.font], int(sample.em))
+        assert sample.label and sample.mask.shape[0] > 4
+        redrawn = rasterise(sample.label, font)
+        if redrawn.shape == sample.mask.shape:  # drawn in one piece (not glyph by glyph with tracking)
+            assert (redrawn == sample.mask).all(), sample.label
+
+
+def test_a_font_lacking_a_glyph_is_never_used_for_that_string(monkeypatch):
+    source = GlyphSource(seed=2, charset=Charset.from_spec("36"))
+    if source.font_count < 2:
+        pytest.skip("needs two fonts; a fresh machine has the 22 DejaVu faces")
+    lacking = source.faces[0]
+    real_missing = glyphs_module.face_missing
+    monkeypatch.setattr(
+        glyphs_module, "face_missing", lambda face, chars: frozenset("eE") | real_missing(face, chars) if face == lacking else real_missing(face, chars)
+    )
+    used = [(s.label, s.font) for s in (source.sample(i) for i in range(300))]
+    assert any("e" in label.lower() for label, _ in used)
+    assert not any("e" in label.lower() and font == lacking.name for label, font in used)
+    assert any(font == lacking.name for _, font in used)  # it is still used for other strings
 
 
 def test_spaces_only_between_the_words_of_phrases():
@@ -93,18 +192,17 @@ def test_spaces_only_between_the_words_of_phrases():
 
 def test_labels_fit_a_small_frame_budget():
     charset = Charset.from_spec("62")
-    source = SynthSource(seed=0, charset=charset, max_frames=4)
+    source = GlyphSource(seed=0, charset=charset, max_frames=4)
     for index in range(150):
-        _, label = source.sample(index)
+        label = source.sample(index).label
         assert 1 <= ctc_min_length(charset.normalize(label)) <= 4, label
 
 
 def test_renders_without_any_system_font(tmp_path, no_system_fonts):
-    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
-    assert source.font_count == 0 and source.renderer.faces == [BUILTIN]
-    image, label = source.sample(0)
-    assert image.mode == "L" and label
-    report = write_synth_lmdb(tmp_path / "out", 10, seed=0, charset=Charset.from_spec("36"))
+    source = GlyphSource(seed=0, charset=Charset.from_spec("36"))
+    assert source.font_count == 0 and source.faces == [BUILTIN]
+    assert source.sample(0).label
+    report = write_synth_lmdb(tmp_path / "out", 10, Renderer(source))
     assert report.fonts == 0 and report.written == 10
 
 
@@ -123,65 +221,40 @@ def test_font_folders_are_searched_and_bad_files_reported(tmp_path, no_system_fo
         assert [Path(f.path) for f in discover_fonts(system).faces] == system
 
 
-def test_sample_is_a_pure_function_of_seed_and_index():
-    charset = Charset.from_spec("94")
-    source = SynthSource(seed=9, charset=charset, max_frames=26)
-    assert source.name == "synth" and source.size is None
-    image, label = source.sample(7)
-    again = SynthSource(seed=9, charset=charset).sample(7)
-    copied = pickle.loads(pickle.dumps(source)).sample(7)  # as a DataLoader worker gets it
-    for other_image, other_label in (again, copied, source.sample(7)):
-        assert other_label == label and other_image.tobytes() == image.tobytes() and other_image.size == image.size
-    assert source.sample(8)[0].tobytes() != image.tobytes()
-
-
 def test_words_file_replaces_the_dictionary(tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("shop\t3\nhéllo\nbakery\n\n", encoding="utf-8")
     sampler = TextSampler(Charset.from_spec("36"), words=words)
     assert sampler.words.words == ["shop", "bakery"] and sampler.words.dropped == 1
-    source = SynthSource(seed=1, charset=Charset.from_spec("36"), words=str(words))
-    labels = {source.sample(i)[1].lower() for i in range(80)}
+    source = GlyphSource(seed=1, charset=Charset.from_spec("36"), words=str(words))
+    labels = {source.sample(i).label.lower() for i in range(80)}
     assert {"shop", "bakery"} <= labels
     empty = tmp_path / "none.txt"
     empty.write_text("héllo\n", encoding="utf-8")
     with pytest.raises(DataError, match="no word of the list"):
-        SynthSource(seed=1, charset=Charset.from_spec("36"), words=str(empty))
+        GlyphSource(seed=1, charset=Charset.from_spec("36"), words=str(empty))
 
 
 def test_tables_are_probabilities_and_documented():
-    for table in (EFFECTS, AUGMENTATIONS, TEXT_KINDS):
-        assert all(0 < p <= 1 for _, p, _ in table)
+    for name, p_synth, p_real, _ in EFFECTS:
+        assert p_synth is not None or p_real is not None
+        assert all(0 < p <= 1 for p in (p_synth, p_real) if p is not None)
+    assert all(0 < p <= 1 for _, p, _ in TEXT_KINDS)
     assert abs(sum(p for _, p, _ in TEXT_KINDS) - 1) < 1e-9
     docs = DOCS.read_text(encoding="utf-8")
-    for name, p, _ in EFFECTS + AUGMENTATIONS + TEXT_KINDS:
+    shown = lambda p: "–" if p is None else f"{p:.2f}"  # noqa: E731
+    for name, p_synth, p_real, _ in EFFECTS:
+        pattern = rf"`{name}`\s*\|\s*{re.escape(shown(p_synth))}\s*\|\s*{re.escape(shown(p_real))}\s*\|"
+        assert re.search(pattern, docs), f"{name} ({p_synth}, {p_real}) missing from docs/synth.md"
+    for name, p, _ in TEXT_KINDS:
         assert re.search(rf"`{name}`\s*\|\s*{p:.2f}", docs), f"{name} ({p}) missing from docs/synth.md"
 
 
-def test_augmentation_is_grayscale_and_deterministic_under_torch_seed():
-    image = SynthSource(seed=0, charset=Charset.from_spec("36")).sample(0)[0]
-    augment = build_augmentation()
-    outputs = []
-    for _ in range(2):
-        torch.manual_seed(1234)
-        outputs.append(augment(image))
-    assert outputs[0].mode == "L" and outputs[0].size == image.size
-    assert outputs[0].tobytes() == outputs[1].tobytes()
-    results = set()
-    for seed in range(12):
-        torch.manual_seed(seed)
-        results.add(augment(image).tobytes())
-    assert len(results) > 6  # it does change images
-    assert build_augmentation("none")(image).tobytes() == image.tobytes()
-    torch.manual_seed(0)
-    assert build_augmentation("strong")(image.convert("RGB")).mode == "L"
-    with pytest.raises(DataError):
-        build_augmentation("extreme")
+# ---- previews and the CLI ---------------------------------------------------------------------------
 
 
 def test_preview_sheet(tmp_path):
-    source = SynthSource(seed=0, charset=Charset.from_spec("36"))
-    path = make_preview([source.sample(i) for i in range(10)], tmp_path / "sheet" / "preview.png", columns=4)
+    path = make_preview(renderer(0).render(10), tmp_path / "sheet" / "preview.png", columns=4)
     with Image.open(path) as sheet:
         assert sheet.format == "PNG" and sheet.width > 4 * 200 and sheet.height > 3 * 48
 
@@ -190,7 +263,7 @@ def test_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("")
     with pytest.raises(DataError, match="not an empty folder"):
-        write_synth_lmdb(tmp_path / "out", 5, seed=0, charset=Charset.from_spec("36"))
+        write_synth_lmdb(tmp_path / "out", 5, renderer(0))
 
 
 def test_cli_writes_lmdb_and_preview(tmp_path):
@@ -204,3 +277,15 @@ def test_cli_writes_lmdb_and_preview(tmp_path):
     assert len(LmdbDataset(out)) == 12 and sheet.is_file()
     bad = CliRunner().invoke(app, [str(tmp_path / "x"), "--count", "3", "--format", "gif"])
     assert bad.exit_code == 1 and "image format" in bad.output
+
+
+def test_cli_names_bad_font_files(tmp_path):
+    app = typer.Typer()
+    app.command()(synth)
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    (fonts / "broken.ttf").write_bytes(b"\x00" * 100)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, [str(tmp_path / "out"), "--count", "4", "--fonts", str(fonts)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "broken.ttf" in line]
+    assert len(lines) == 1 and "font not used" in lines[0]

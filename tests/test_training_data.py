@@ -6,7 +6,6 @@ import pytest
 
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.charset import Charset
-from textrec.data.images import Preprocess
 from textrec.data.training import (
     Collate,
     StepBatchSampler,
@@ -77,8 +76,8 @@ def test_samples_and_collate_skip_unreadable_records(tmp_path):
     write_lmdb(tmp_path / "d", [(png_bytes(render_word("ab")), "ab"), (b"junk", "cd")])
     charset = Charset.from_spec("36")
     sources, _ = open_sources([str(tmp_path / "d")], charset, 26, 0)
-    samples = TrainingSamples(sources, charset, Preprocess())
+    samples = TrainingSamples(sources, charset, (64, 200))
     batch = Collate(charset)([samples[(0, 0, 1)], samples[(0, 1, 2)]])
-    assert batch.images.shape == (1, 1, 32, 100)
+    assert batch.raw.pixels.shape[:2] == (1, 64)
     assert batch.labels == ["ab"] and batch.target_lengths.tolist() == [2]
     assert len(batch.errors) == 1 and "record 2" in batch.errors[0]

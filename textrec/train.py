@@ -44,6 +44,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .model import CRNN, CRNNConfig
 from .model.backbones import VGG_CHANNELS
 from .predict import Recognizer, resolve_device
+from .synth.pipeline import Finisher
 from .transfer import transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
@@ -387,14 +388,14 @@ class _Run:
         )
         if initialised:
             self.callbacks.on_event(initialised)
-        augment = None
-        if config.augment:
-            from .data.augment import build_augmentation
-
-            augment = build_augmentation()
+        # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
+        self.finisher = Finisher(
+            config.height, config.width, config.seed, self.device, self.preprocess.mean, self.preprocess.std,
+            keep_ratio=config.keep_ratio, augment_real=config.augment,
+        )
         sampler = StepBatchSampler([s.size for s in sources], counts, config.seed, self.step, config.max_steps)
         loader = torch.utils.data.DataLoader(
-            TrainingSamples(sources, self.charset, self.preprocess, augment),
+            TrainingSamples(sources, self.charset, self.finisher.canvas_size, config.keep_ratio, self.finisher.scale),
             batch_sampler=sampler,
             collate_fn=Collate(self.charset),
             num_workers=config.workers,
@@ -417,7 +418,7 @@ class _Run:
                     self.skipped_samples += len(batch.errors)
                     for error in batch.errors:
                         self.callbacks.on_event(f"skipped sample: {error}")
-                if batch.images.numel() == 0:
+                if batch.raw is None:
                     bad_in_a_row += 1
                     if bad_in_a_row >= config.max_bad_steps:
                         raise TrainingError(
@@ -473,7 +474,7 @@ class _Run:
 
     def _loss(self, batch) -> float | None:
         """One optimisation step; returns the loss, or None when the loss or gradient was not finite."""
-        images = batch.images.to(self.device, non_blocking=True)
+        images = self.finisher.model_input(batch.raw, self.step)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             logits = self.model(images)
         log_probs = logits.float().log_softmax(2)

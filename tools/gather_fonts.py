@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from textrec.data.fonts import missing_glyphs  # noqa: E402  (the renderer's own "can it draw this?" test)
+from textrec.synth.fonts import missing_glyphs  # noqa: E402  (the renderer's own "can it draw this?" test)
 
 DEFAULT_CHARSET = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")  # 95 characters
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from PIL import Image
 
 from ..charset import Charset, ctc_min_length
 from ..errors import DataError
-from .images import Preprocess, to_tensor
+from ..synth.pipeline import collate_raw, raw_real
+from ..synth.scene import RawBatch
 from .lmdb_store import LmdbDataset
 
 SYNTH_NAME = "synth"
@@ -119,7 +119,7 @@ def open_sources(
     for spec in specs:
         path, ratio = parse_spec(spec)
         if path == SYNTH_NAME:
-            from .synth import SynthSource  # the renderer is only imported when asked for
+            from ..synth.pipeline import SynthSource
 
             sources.append(SynthSource(seed=seed, charset=charset, **(synth_options or {})))
         else:
@@ -197,61 +197,64 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 class TrainingSamples(torch.utils.data.Dataset):
-    """Loads one (group, index, seed) key: the image as a tensor and its label, or the error that stopped it.
+    """Loads one (group, index, seed) key as a raw sample for the device stage, or the error that stopped it.
 
-    Augmentation (of sources that do not set `augmentable = False`) runs under a per-sample seed, so a sample looks the same however many
-    workers there are and after a resume.
+    A synthetic source gives its rasterised text (`textrec.synth.glyphs`); an LMDB source gives
+    its decoded crop at the working canvas height. Everything random happens later, batched on
+    the training device with the batch's step as seed (`textrec.synth.pipeline.Finisher`), so a
+    sample looks the same however many workers there are and after a resume.
     """
 
-    def __init__(
-        self,
-        sources: list[Source],
-        charset: Charset,
-        preprocess: Preprocess,
-        augment: Callable[[Image.Image], Image.Image] | None = None,
-    ):
-        self.sources, self.charset, self.preprocess, self.augment = sources, charset, preprocess, augment
+    def __init__(self, sources: list[Source], charset: Charset, canvas_size: tuple[int, int], keep_ratio: bool = True, scale: int = 2):
+        self.sources, self.charset = sources, charset
+        self.canvas_height, self.canvas_width = canvas_size
+        self.keep_ratio, self.scale = keep_ratio, scale
 
     def __getitem__(self, key):
-        group, index, seed = key
+        group, index, _seed = key
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                source = self.sources[group]
+            source = self.sources[group]
+            if hasattr(source, "raw"):
+                sample = source.raw(index)
+            else:
                 image, label = source.sample(index)
-                if self.augment is not None and getattr(source, "augmentable", True):
-                    image = self.augment(image)
-            return to_tensor(image, self.preprocess), self.charset.normalize(label), None
+                sample = raw_real(image, label, self.canvas_height, self.canvas_width, self.keep_ratio, self.scale)
+            sample.label = self.charset.normalize(sample.label)
+            return sample, None
         except DataError as exc:
-            return None, None, str(exc)
+            return None, str(exc)
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (N, 1, H, W)
+    raw: RawBatch | None  # None: no sample of the step could be read
     targets: torch.Tensor  # concatenated class indices
     target_lengths: torch.Tensor
     labels: list[str]
     errors: list[str]  # samples of this step that could not be loaded (skipped, counted)
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True): page-locked pixels copy to the GPU asynchronously."""
+        if self.raw is not None:
+            self.raw = RawBatch(*(t.pin_memory() for t in (self.raw.pixels, self.raw.sizes, self.raw.ink, self.raw.em, self.raw.is_real)))
+        return self
+
 
 class Collate:
-    """Stacks loaded samples into a Batch, keeping the errors of the skipped ones."""
+    """Pads the loaded samples into one raw batch, keeping the errors of the skipped ones."""
 
     def __init__(self, charset: Charset):
         self.charset = charset
 
     def __call__(self, items) -> Batch:
-        images, labels, errors, targets, lengths = [], [], [], [], []
-        for image, label, error in items:
+        samples, errors, targets, lengths = [], [], [], []
+        for sample, error in items:
             if error is not None:
                 errors.append(error)
                 continue
-            encoded = self.charset.encode(label)
-            images.append(image)
-            labels.append(label)
+            encoded = self.charset.encode(sample.label)
+            samples.append(sample)
             targets.extend(encoded)
             lengths.append(len(encoded))
-        stacked = torch.stack(images) if images else torch.empty(0)
-        return Batch(stacked, torch.tensor(targets, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), labels, errors)
+        raw, labels = collate_raw(samples) if samples else (None, [])
+        return Batch(raw, torch.tensor(targets, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), labels, errors)
