@@ -11,6 +11,7 @@
 #
 # What it does (times from the script's start; LEASE_SECONDS is the command's own limit):
 #   1. installs the carried wheels, records the machine (GPU, torch) and samples GPU use every 5 s;
+#      with DATA_SPEED_SECONDS=N, first times the data path and training steps apart (benchmarks/data_speed.py);
 #   2. probe: trains PROBE_SECONDS from INIT_FROM with the recipe, stops it (state saved) and
 #      reads the data rate off metrics.jsonl;
 #   3. resumes the same run with max_steps set so that the cosine schedule ends RESERVE seconds
@@ -47,28 +48,40 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$OUT/lease.log"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
 SAMPLER=$!
+if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps measured apart (issue 10), into lease.log
+    log "data speed: $DATA_SPEED_SECONDS s per part"
+    timeout 150 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 256 \
+        --batch-sizes 256 1024 --seconds "$DATA_SPEED_SECONDS" --warmup 10 --fonts data/gpu/fonts \
+        --train-data synth:0.75 'data/gpu/real_train/*:0.25' >> "$OUT/lease.log" 2>&1
+fi
 
 log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
 timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" \
     --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
-PLAN=$(python3 - "$RUN/metrics.jsonl" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" <<'EOF'
-import json, sys
-path, lease, reserve, now = sys.argv[1], *map(int, sys.argv[2:])
-records = [json.loads(line) for line in open(path) if line.strip()]
+PLAN=$(python3 - "$RUN" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" "${FALLBACK_RATE:-3500}" <<'EOF'
+import json, os, sys
+run, lease, reserve, now, fallback = sys.argv[1], *map(int, sys.argv[2:])
+path = os.path.join(run, "metrics.jsonl")
+records = [json.loads(line) for line in open(path) if line.strip()] if os.path.exists(path) else []
 speeds = [r["images_per_second"] for r in records if "images_per_second" in r]
-step = max(r["step"] for r in records)
-batch = json.load(open(path.replace("metrics.jsonl", "config.json")))["batch_size"]
-rate = sum(speeds[-3:]) / len(speeds[-3:]) / batch  # steady state: the last intervals
+step = max((r["step"] for r in records), default=0)
+config = os.path.join(run, "config.json")
+batch = json.load(open(config))["batch_size"] if os.path.exists(config) else 256
+# steady state: the last intervals; without any (a probe that logged nothing), the fallback rate
+rate = (sum(speeds[-3:]) / len(speeds[-3:]) if speeds else fallback) / batch
 restart = 15  # seconds the resumed run needs before its first step (workers, fonts, LMDBs)
-left = lease - reserve - now - restart
-print(step + int(rate * left), f"{rate * batch:.0f}", step)
+left = max(0, lease - reserve - now - restart)
+print(step + max(1, int(rate * left)), f"{rate * batch:.0f}", step)
 EOF
 )
 read -r MAX_STEPS RATE PROBE_STEP <<< "$PLAN"
 log "probe reached step $PROBE_STEP at ${RATE} images/s; max_steps -> $MAX_STEPS"
 
 TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
-timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" --max-steps "$MAX_STEPS" \
+[ "$TRAIN_LEFT" -lt 1 ] && TRAIN_LEFT=1
+INIT=()
+[ -f "$RUN/resume.pt" ] || INIT=(--init-from "$INIT_FROM")  # the probe never saved: start here
+timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --max-steps "$MAX_STEPS" \
     --output "$RUN" >> "$OUT/train.log" 2>&1
 log "training ended (exit $?)"
 
