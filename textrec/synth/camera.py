@@ -275,12 +275,12 @@ def _constant(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tens
     value = _CONSTANTS.get(key)
     if value is None:
         if name == "dct":
-            k = torch.arange(8, dtype=torch.float64).view(-1, 1)
-            n = torch.arange(8, dtype=torch.float64).view(1, -1)
+            k = torch.arange(8, dtype=torch.float64, device="cpu").view(-1, 1)
+            n = torch.arange(8, dtype=torch.float64, device="cpu").view(1, -1)
             value = torch.cos(math.pi * (2 * n + 1) * k / 16) * math.sqrt(2 / 8)
             value[0] = math.sqrt(1 / 8)
         else:
-            value = torch.tensor(JPEG_LUMINANCE_TABLE, dtype=torch.float64)
+            value = torch.tensor(JPEG_LUMINANCE_TABLE, dtype=torch.float64, device="cpu")
         value = _CONSTANTS[key] = value.to(device=device, dtype=dtype)
     return value
 
