@@ -48,7 +48,10 @@ from .synth.pipeline import Finisher
 from .transfer import transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
-ARCHITECTURE_KEYS = ("rnn", "refine", "refine_gates", "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio")
+ARCHITECTURE_KEYS = (
+    "rnn", "refine", "refine_gates", "refine_init", "refine_bound", "forget_bias", "input_map",
+    "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio",
+)
 
 
 @dataclass
@@ -67,6 +70,11 @@ class TrainConfig:
     # i,o trains stably but tied vanilla on validation (docs/refined_gates.md, "STR evidence").
     refine: str = "none"
     refine_gates: list[str] = field(default_factory=list)  # empty: all sigmoid gates of the unit
+    # Refined-gate variants (docs/refined_gates.md, "Variants"); defaults: the first implementation.
+    refine_init: str = "default"  # "vanilla": start-as-vanilla (the refinement adds nothing at step 0)
+    refine_bound: str = "none"  # "tanh": bounded short connection
+    forget_bias: float = 0.0  # 0: torch's random init; else the LSTM forget-gate bias at init
+    input_map: bool = False  # linear map before each recurrent layer: x̃ = x_t, no projection
     hidden_size: int = 256
     channels: tuple[int, ...] = VGG_CHANNELS
     dropout: float = 0.0
@@ -149,6 +157,10 @@ class TrainCallbacks:
 
     def on_event(self, message: str) -> None: ...
 
+    def inspect_model(self, step: int, model: nn.Module) -> None:
+        """Called after each validation with the model in eval mode, for studies that measure it
+        (gate statistics in benchmarks/refine_ablation.py). It must not change the model."""
+
 
 def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
     return CRNNConfig(
@@ -159,6 +171,10 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
         hidden_size=config.hidden_size,
         channels=tuple(config.channels),
         dropout=config.dropout,
+        refine_init=config.refine_init,
+        refine_bound=config.refine_bound,
+        forget_bias=float(config.forget_bias),
+        input_map=bool(config.input_map),
     )
 
 
@@ -296,6 +312,8 @@ class _Run:
             parts.append(f"{len(report.new)} new: {report.new!r}")
         if report.dropped:
             parts.append(f"{len(report.dropped)} dropped: {report.dropped!r}")
+        if report.fresh:
+            parts.append(f"refined gates start as vanilla ({len(report.fresh)} projections start at zero)")
         return f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
 
     def _truncate_metrics(self, step: int) -> None:
@@ -354,6 +372,9 @@ class _Run:
             }
         )
         self.callbacks.on_validation(self.step, results, total, is_best)
+        self.model.eval()
+        with torch.no_grad():
+            self.callbacks.inspect_model(self.step, self.model)
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """Start a model from another checkpoint's weights (`textrec train --init-from`).
 
 Cumulative training: each GPU lease continues from the last shipped model instead of starting
-over. The architecture must match; the charset may grow. Rows of the CTC head are mapped by
+over. The architecture must match; the charset may grow. One architecture change is allowed: a
+vanilla-gate checkpoint may start a refined model that starts as vanilla (`refine_init =
+"vanilla"`): every shared tensor is copied and the refinement's projections keep their zero
+initialisation, so the new network computes exactly what the old one did until training moves
+them. Rows of the CTC head are mapped by
 character: a character the old model knew keeps its row; an upper-case letter new to a
 case-insensitive model starts as a copy of its lower-case row (the old model already fires on
 both shapes for it, and training only has to tell them apart); any other new character gets
@@ -21,6 +25,8 @@ from .errors import CheckpointError
 from .model import CRNN
 
 HEAD_KEYS = ("head.weight", "head.bias")
+# Config keys in which a refined start-as-vanilla model may differ from its vanilla source.
+REFINEMENT_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound")
 
 
 @dataclass
@@ -34,6 +40,9 @@ class TransferReport:
     dropped: str = ""  # characters of the old charset the new one lacks
     samples_seen: int = 0  # training samples behind the source checkpoint, its own lineage included
     lineage: list[dict] = field(default_factory=list)
+    # Tensors the source lacks that keep their fresh values: the projections of refined gates
+    # that start as vanilla (zero, so the outputs do not change).
+    fresh: list[str] = field(default_factory=list)
 
 
 def samples_behind(checkpoint: Checkpoint) -> int:
@@ -47,19 +56,25 @@ def samples_behind(checkpoint: Checkpoint) -> int:
 
 def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> TransferReport:
     """Load `checkpoint` into `model` (whose charset is `charset`); CheckpointError if the architectures differ."""
-    old_config = checkpoint.model_config.to_dict()
-    new_config = model.config.to_dict()
+    old_config = checkpoint.model_config.full_dict()
+    new_config = model.config.full_dict()
     old_config.pop("num_classes")
     new_config.pop("num_classes")
+    fresh: list[str] = []
     if old_config != new_config:
-        raise CheckpointError(
-            f"{checkpoint.source}: cannot start from this checkpoint, its architecture differs "
-            f"({describe_config_difference(old_config, new_config)})"
-        )
+        if not refines_vanilla(old_config, new_config):
+            hint = ""
+            if _same_but_refinement(old_config, new_config) and old_config["refine"] == "none":
+                hint = "; a vanilla checkpoint can start a refined model only with refine_init='vanilla'"
+            raise CheckpointError(
+                f"{checkpoint.source}: cannot start from this checkpoint, its architecture differs "
+                f"({describe_config_difference(old_config, new_config)}){hint}"
+            )
+        fresh = sorted(k for k in model.state_dict() if k.startswith("sequence.weight_refine") and k not in checkpoint.state_dict)
     state = dict(checkpoint.state_dict)
     own = model.state_dict()
     body = {k: v for k, v in state.items() if k not in HEAD_KEYS}
-    load_weights_partial(model, body, checkpoint.source)
+    load_weights_partial(model, body, checkpoint.source, keep=fresh)
 
     old_chars = checkpoint.charset.chars
     old_index = {c: i + 1 for i, c in enumerate(old_chars)}
@@ -67,7 +82,7 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
     new_weight, new_bias = own["head.weight"].clone().float(), own["head.bias"].clone().float()
     floor = bias[1:].min() if len(old_chars) else bias[0]
     new_weight[0], new_bias[0] = weight[0], bias[0]  # the CTC blank
-    report = TransferReport(source=checkpoint.source, kept=0)
+    report = TransferReport(source=checkpoint.source, kept=0, fresh=fresh)
     for k, c in enumerate(charset.chars, start=1):
         if c in old_index:
             row = old_index[c]
@@ -98,7 +113,24 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
     return report
 
 
-def load_weights_partial(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load every tensor but the head strictly (names and shapes must match), leaving the head as it is."""
-    head = {k: v for k, v in model.state_dict().items() if k in HEAD_KEYS}
-    load_weights(model, {**state, **head}, where)
+def refines_vanilla(old: dict, new: dict) -> bool:
+    """Whether `new` (a full model config) is `old`'s vanilla network with refined gates that start as vanilla."""
+    return (
+        old["refine"] == "none"
+        and new["refine"] != "none"
+        and new["refine_init"] == "vanilla"
+        and _same_but_refinement(old, new)
+    )
+
+
+def _same_but_refinement(old: dict, new: dict) -> bool:
+    strip = lambda config: {k: v for k, v in config.items() if k not in REFINEMENT_KEYS}  # noqa: E731
+    return strip(old) == strip(new)
+
+
+def load_weights_partial(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, keep: list[str] | tuple[str, ...] = ()
+) -> None:
+    """Load every tensor but the head (and the `keep` names) strictly, leaving those as they are."""
+    own = {k: v for k, v in model.state_dict().items() if k in HEAD_KEYS or k in keep}
+    load_weights(model, {**state, **own}, where)

@@ -11,6 +11,8 @@ from ..nn import GatedRNN
 from .backbones import VGG, VGG_CHANNELS
 
 BACKBONES = ("vgg",)
+# Config keys that came after the first checkpoint format, with the values that reproduce it.
+OPTIONAL_DEFAULTS = {"refine_init": "default", "refine_bound": "none", "forget_bias": 0.0, "input_map": False}
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,28 @@ class CRNNConfig:
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
+    # Refined-gate variants (docs/refined_gates.md, "Variants"); the defaults are the first
+    # implementation's behaviour, so checkpoints written before these keys existed load unchanged.
+    refine_init: str = "default"  # "vanilla": start-as-vanilla (zero projection; "mul" uses 1 + x̃)
+    refine_bound: str = "none"  # "tanh": x̃ = tanh(W_refine x)
+    forget_bias: float = 0.0  # set at init: the bias of the gate that keeps the state (LSTM f)
+    input_map: bool = False  # a linear map before each recurrent layer, so x̃ = x_t exactly
 
     def to_dict(self) -> dict:
+        """The config as JSON-ready values. Keys added after the first format are left out while
+        they hold their defaults, so a checkpoint of an older architecture stays readable by
+        older textrec versions (which refuse unknown keys)."""
+        values = asdict(self)
+        values["channels"] = list(self.channels)
+        if self.refine_gates is not None:
+            values["refine_gates"] = list(self.refine_gates)
+        for key, default in OPTIONAL_DEFAULTS.items():
+            if values[key] == default:
+                del values[key]
+        return values
+
+    def full_dict(self) -> dict:
+        """Every key, defaults included (for comparing two configs)."""
         values = asdict(self)
         values["channels"] = list(self.channels)
         if self.refine_gates is not None:
@@ -68,6 +90,10 @@ class CRNN(nn.Module):
             refine=config.refine,
             refine_gates=config.refine_gates,
             dropout=config.dropout,
+            refine_init=config.refine_init,
+            refine_bound=config.refine_bound,
+            forget_bias=config.forget_bias,
+            input_map=config.input_map,
         )
         self.head = nn.Linear(2 * config.hidden_size, config.num_classes)
 

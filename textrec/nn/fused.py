@@ -34,6 +34,38 @@ def supports(x: Tensor) -> bool:
 # ------------------------------------------------------------------ shared helpers
 
 
+def short_connection(xt: Tensor | None, xform: tuple[str, float]) -> Tensor | None:
+    """x̃ as the gates see it: ``offset + bound(x̃)`` (``xform = (bound, offset)``).
+
+    ``bound`` "tanh" keeps the short connection in (-1, 1); ``offset`` is 1 for a
+    start-as-vanilla "mul" (factor ``1 + x̃``), else 0. Returns ``xt`` itself when both are off.
+    """
+    if xt is None:
+        return None
+    bound, offset = xform
+    if bound == "tanh":
+        xt = torch.tanh(xt)
+    if offset:
+        xt = xt + offset
+    return xt
+
+
+def _xt_raw(proj: Tensor | None, G: int, xt_in: Tensor | None, refined_blocks, refine: str, xform) -> Tensor | None:
+    """In a backward: the untransformed x̃ (projection block or layer input), when it is needed
+    (for "mul", whose slope involves x̃, or for a tanh bound, whose derivative does)."""
+    if not refined_blocks or (refine != "mul" and xform[0] == "none"):
+        return None
+    return _split(proj, G, xt_in, True)[1]
+
+
+def _bound_grad(d_xt: Tensor, xt_raw: Tensor | None, xform) -> Tensor:
+    """Chain a gradient reaching the bounded x̃ back through tanh, in place."""
+    if xform[0] == "tanh":
+        t = torch.tanh(xt_raw)
+        d_xt.mul_(torch.addcmul(torch.ones_like(t), t, t, value=-1))
+    return d_xt
+
+
 def _refine_factor(xt: Tensor | None, mask: tuple[float, ...], refine: str) -> Tensor | None:
     """Per gate block, what the sigmoid is combined with: (D, T, B, blocks, H), maybe expanded.
 
@@ -148,26 +180,28 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, mask, keep):
 
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, mask, refined_blocks, sink):
+    def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, mask, refined_blocks, xform, sink):
         xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
+        xt = short_connection(xt, xform)
         Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, xt, h0, c0, w_t, refine, mask, keep=True)
-        ctx.save_for_backward(proj if refine == "mul" else None, xt_in, w_t, S, V, Cf, TC, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks)
+        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
         if sink is not None:
-            sink["sigmoid"], sink["value"] = S, V
+            sink["sigmoid"], sink["value"], sink["state"] = S, V, Cf
         return Hf, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf, d_cn):
         proj, xt_in, w_t, S, V, Cf, TC, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks = ctx.cfg
+        G, N, refine, mask, refined_blocks, xform = ctx.cfg
         D, T, B, _ = S.shape
         H = G // 4
         w_hh = w_t.transpose(1, 2).contiguous()
+        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
         r = None
         if refine == "mul" and refined_blocks:
-            r = _refine_factor(_split(proj, G, xt_in, True)[1], mask, refine)
+            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
         i, f, g, o = (_block(V, k, H) for k in range(4))
         c_prev, h = Cf[:, :-1], Hf[:, 1:]
         # K becomes, in place: [σ_i'·g, σ_f'·c_prev, (1 - g²)·i, σ_o'·tanh c] so that
@@ -208,8 +242,9 @@ class LSTMRecurrence(torch.autograd.Function):
             parts = {0: (DC, g), 1: (DC, c_prev), 3: (DH, TC)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
+            _bound_grad(d_xt, xt_raw, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ GRU (blocks r, z, n)
@@ -249,26 +284,28 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, mask, keep):
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, b_hh, G, refine, mask, refined_blocks, sink):
+    def forward(ctx, proj, xt_in, h0, w_t, b_hh, G, refine, mask, refined_blocks, xform, sink):
         xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
+        xt = short_connection(xt, xform)
         Hf, (S, V, HH, Nn) = gru_forward(xg, xt, h0, w_t, b_hh, refine, mask, keep=True)
-        ctx.save_for_backward(proj if refine == "mul" else None, xt_in, w_t, S, V, HH, Nn, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks)
+        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
         if sink is not None:
-            sink["sigmoid"], sink["value"] = S, V
+            sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
         return Hf
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
         proj, xt_in, w_t, S, V, HH, Nn, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks = ctx.cfg
+        G, N, refine, mask, refined_blocks, xform = ctx.cfg
         D, T, B, _ = HH.shape
         H = G // 3
         w_hh = w_t.transpose(1, 2).contiguous()
+        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
         r = None
         if refine == "mul" and refined_blocks:
-            r = _refine_factor(_split(proj, G, xt_in, True)[1], mask, refine)
+            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
         rg, z = _block(V, 0, H), _block(V, 1, H)
         hn = HH[..., 2 * H :]
         h_prev = Hf[:, :-1]
@@ -307,8 +344,9 @@ class GRURecurrence(torch.autograd.Function):
             parts = {0: (DNP, hn), 1: (DH, hmn)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
+            _bound_grad(d_xt, xt_raw, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, d_b_hh, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, d_w_t, d_b_hh, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ MGU (blocks f, n)
@@ -342,25 +380,27 @@ def mgu_forward(xg, xt, h0, w_t, refine, mask, keep):
 
 class MGURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, G, refine, mask, refined_blocks, sink):
+    def forward(ctx, proj, xt_in, h0, w_t, G, refine, mask, refined_blocks, xform, sink):
         xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
+        xt = short_connection(xt, xform)
         Hf, (S, V, FH, Nn) = mgu_forward(xg, xt, h0, w_t, refine, mask, keep=True)
-        ctx.save_for_backward(proj if refine == "mul" else None, xt_in, w_t, S, V, FH, Nn, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks)
+        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
         if sink is not None:
-            sink["sigmoid"], sink["value"] = S, V
+            sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
         return Hf
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
         proj, xt_in, w_t, S, V, FH, Nn, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks = ctx.cfg
+        G, N, refine, mask, refined_blocks, xform = ctx.cfg
         D, T, B, H = S.shape
         uf, un = (w_t[..., k * H : (k + 1) * H].transpose(1, 2).contiguous() for k in range(2))
+        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
         r = None
         if refine == "mul" and refined_blocks:
-            r = _refine_factor(_split(proj, G, xt_in, True)[1], mask, refine)
+            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
         K = _slope(S, r, refine, 1)
         f = V
         h_prev = Hf[:, :-1]
@@ -399,8 +439,9 @@ class MGURecurrence(torch.autograd.Function):
         d_xt = None
         if refined_blocks:
             d_xt = _accumulate_xt([(DF, 1.0, S)], refine, _xt_grad_target(d_proj, G, xt_in))
+            _bound_grad(d_xt, xt_raw, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, d_w_t, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ layer driver
@@ -434,7 +475,12 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
     return {"w_in_t": stack(w_in), "b_in": stack(b_in), "w_hh_t": stack(w_hh), "b_hh": stack(b_hh)}
 
 
-def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None):
+def _keeps_proj(refine: str, xform) -> bool:
+    """Whether a backward needs the joint projection (to rebuild x̃): for "mul" and for a bound."""
+    return refine == "mul" or xform[0] != "none"
+
+
+def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, xform=("none", 0.0)):
     """Same contract as ``rnn.run_layer_eager``; ``prepared`` may pass cached ``prepare_weights``.
 
     Runs the autograd Function when a gradient is needed, else the bare loop (no buffers kept).
@@ -456,14 +502,16 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None):
     )
     c_n = None
     if grad:
+        args = (G, refine, mask, refined_blocks, xform, sink)
         if mode == "lstm":
-            Hf, c_n = LSTMRecurrence.apply(proj, xt_in, h0, c0, w["w_hh_t"], G, refine, mask, refined_blocks, sink)
+            Hf, c_n = LSTMRecurrence.apply(proj, xt_in, h0, c0, w["w_hh_t"], *args)
         elif mode == "gru":
-            Hf = GRURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], w["b_hh"], G, refine, mask, refined_blocks, sink)
+            Hf = GRURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], w["b_hh"], *args)
         else:
-            Hf = MGURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], G, refine, mask, refined_blocks, sink)
+            Hf = MGURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], *args)
     else:
         xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
+        xt = short_connection(xt, xform)
         # Both directions share each step's product unless their recurrent matrices together
         # outgrow a typical per-core L2 cache; then one direction after the other is faster
         # on CPU (measured: LSTM hidden 256, batch 1: 1.5 vs 2.0 ms per layer).
@@ -485,10 +533,13 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None):
             c_n = cat([o[1] for o in outs])
         if record:
             sink["sigmoid"], sink["value"] = (cat([o[-1][k] for o in outs]) for k in (0, 1))
+            sink["state"] = cat([o[-1][2] for o in outs]) if mode == "lstm" else Hf
     hs = Hf[:, 1:]
     h_n = Hf[:, -1]
     out = hs[0] if D == 1 else torch.cat((hs[0], hs[1].flip(0)), -1)
-    return out, h_n, c_n, _recorded_gates(mode, sink, blocks, H, D) if record else {}
+    if not record:
+        return out, h_n, c_n, {}, None
+    return out, h_n, c_n, _recorded_gates(mode, sink, blocks, H, D), _in_time_order(sink["state"][:, 1:].detach(), D)
 
 
 _SPLIT_BYTES = 2 * 1024 * 1024
@@ -506,9 +557,10 @@ def _recorded_gates(mode, sink, blocks, H, D):
     for k, name in enumerate(blocks):
         if name not in SIGMOID_GATES[mode]:
             continue
-        pair = []
-        for t in (sink["sigmoid"], sink["value"]):
-            t = _block(t, k, H).detach()
-            pair.append(torch.stack((t[0], t[1].flip(0))) if D == 2 else t.clone())
-        gates[name] = tuple(pair)
+        gates[name] = tuple(_in_time_order(_block(t, k, H).detach(), D) for t in (sink["sigmoid"], sink["value"]))
     return gates
+
+
+def _in_time_order(t: Tensor, D: int) -> Tensor:
+    """A (D, T, ...) copy with the reverse direction's steps put back in time order."""
+    return torch.stack((t[0], t[1].flip(0))) if D == 2 else t.clone()

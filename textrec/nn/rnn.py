@@ -3,9 +3,12 @@
 Parameters use torch.nn.LSTM / torch.nn.GRU names and layouts (``weight_ih_l0``,
 ``weight_hh_l0_reverse``, ...), so vanilla weights load with ``load_state_dict`` and
 ``GatedRNN.from_torch`` is a plain copy. MGU uses the same names with two row blocks
-``(f, n)``. A refined layer whose input width differs from the hidden width has one more
-bias-free matrix, ``weight_refine_l{k}[_reverse]`` (hidden, input), that maps the input to
-``x̃_t``; it is shared by all refined gates of that layer and direction.
+``(f, n)``. A refined layer whose input width differs from the hidden width (or any refined
+layer that starts as vanilla) has one more bias-free matrix, ``weight_refine_l{k}[_reverse]``
+(hidden, input), that maps the input to ``x̃_t``; it is shared by all refined gates of that
+layer and direction. With ``input_map``, a layer whose input is wider or narrower than the
+hidden size reads it through ``weight_map_l{k}`` / ``bias_map_l{k}`` (hidden, input) first,
+shared by both directions, so that ``x̃_t`` is the (mapped) layer input itself.
 
 The library never prints: it is used inside training loops and servers whose callers
 own the console; everything a caller may want to know is returned or raised.
@@ -22,7 +25,15 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import fused
 from .cells import STEPS
-from .gates import GATE_ORDER, SIGMOID_GATES, check_mode, check_refine, resolve_refine_gates
+from .gates import (
+    GATE_ORDER,
+    MEMORY_GATE,
+    SIGMOID_GATES,
+    check_mode,
+    check_refine,
+    check_refine_options,
+    resolve_refine_gates,
+)
 
 
 class GatedRNN(nn.Module):
@@ -36,10 +47,25 @@ class GatedRNN(nn.Module):
             ``"mul"`` (``σ(W x + U h + b) ⊙ x̃``).
         refine_gates: which sigmoid gates to refine; default all of them:
             ``("i", "f", "o")`` for LSTM, ``("r", "z")`` for GRU, ``("f",)`` for MGU.
+        refine_init: ``"default"`` (torch's random init for the projection; "mul" multiplies
+            by ``x̃``) or ``"vanilla"`` (start-as-vanilla: every refined layer gets a projection,
+            initialised to zero, and "mul" multiplies by ``1 + x̃``, so at step 0 each refined
+            gate equals its vanilla gate and training grows the short connection only as it
+            helps). Cannot be combined with ``input_map``, whose ``x̃ = x_t`` is never zero.
+        refine_bound: ``"none"`` or ``"tanh"`` (``x̃ = tanh(W_refine x)``, or ``tanh(x)``
+            without a projection: a short connection inside (-1, 1)).
+        forget_bias: 0 leaves torch's random biases; otherwise the bias of the gate that keeps
+            the old state is set to it at initialisation (``b_ih`` rows = value, ``b_hh`` rows
+            = 0): LSTM ``f``, GRU ``z`` (``h' = (1 - z) n + z h``) and, with the opposite sign,
+            MGU ``f`` (``h' = (1 - f) h + f h̃``), so a positive value means "remember" for all.
+        input_map: a learned linear map (with bias) in front of every layer whose input width
+            differs from ``hidden_size``, so that the refinement's ``x̃_t`` is that layer's
+            (mapped) input exactly, as in the paper, with no projection.
 
-    ``x̃_t`` is the layer input itself when its width equals ``hidden_size`` and a learned
-    bias-free linear projection of it otherwise (the paper only defines the equal-width
-    case; a projection is the smallest addition that keeps the short connection).
+    ``x̃_t`` is the layer input itself when its width equals ``hidden_size`` (and the layer
+    does not start as vanilla) and a learned bias-free linear projection of it otherwise (the
+    paper only defines the equal-width case; a projection is the smallest addition that keeps
+    the short connection).
 
     ``forward(x, state=None) -> (output, state)`` with torch's shapes: output
     ``(T, B, D*H)`` (``(B, T, D*H)`` if batch_first); state ``(h, c)`` for LSTM and ``h``
@@ -70,11 +96,26 @@ class GatedRNN(nn.Module):
         refine_gates: Iterable[str] | None = None,
         device=None,
         dtype=None,
+        refine_init: str = "default",
+        refine_bound: str = "none",
+        forget_bias: float = 0.0,
+        input_map: bool = False,
     ):
         super().__init__()
         self.mode = check_mode(mode)
         self.refine = check_refine(refine)
         self.refine_gates = resolve_refine_gates(self.mode, self.refine, refine_gates)
+        self.refine_init, self.refine_bound = check_refine_options(self.refine, refine_init, refine_bound)
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
+        self.input_map = bool(input_map)
+        if self.input_map and self.refine_init == "vanilla":
+            raise ValueError(
+                "refine_init='vanilla' cannot be combined with input_map: the identity path makes x̃ the "
+                "layer input itself, which is not zero, so the refined gates differ from vanilla ones from "
+                "the first step; start-as-vanilla needs a zero-initialised projection (input_map=False)"
+            )
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -89,19 +130,26 @@ class GatedRNN(nn.Module):
         self.dropout = float(dropout)
         self.record_gates = False
         self.last_gates: dict[str, tuple[Tensor, Tensor]] = {}
+        # With record_gates: "l{layer}" -> (directions, T, B, H) states of the last forward, the
+        # cell c for an LSTM and h for GRU / MGU (how large they grow shows a diverging unit).
+        self.last_states: dict[str, Tensor] = {}
         self.fast = True
 
         factory = {"device": device, "dtype": dtype}
         blocks = len(GATE_ORDER[self.mode])
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            if self.input_map and layer_input != hidden_size:
+                self.register_parameter(f"weight_map_l{layer}", nn.Parameter(torch.empty(hidden_size, layer_input, **factory)))
+                self.register_parameter(f"bias_map_l{layer}", nn.Parameter(torch.empty(hidden_size, **factory)))
+                layer_input = hidden_size
             for direction in range(self.num_directions):
                 sfx = self._suffix(layer, direction)
                 self.register_parameter(f"weight_ih{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, layer_input, **factory)))
                 self.register_parameter(f"weight_hh{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, hidden_size, **factory)))
                 self.register_parameter(f"bias_ih{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
                 self.register_parameter(f"bias_hh{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
-                if self.refine_gates and layer_input != hidden_size:
+                if self.refine_gates and (layer_input != hidden_size or self.refine_init == "vanilla"):
                     self.register_parameter(f"weight_refine{sfx}", nn.Parameter(torch.empty(hidden_size, layer_input, **factory)))
         self.reset_parameters()
 
@@ -110,10 +158,33 @@ class GatedRNN(nn.Module):
         return f"_l{layer}" + ("_reverse" if direction else "")
 
     def reset_parameters(self) -> None:
-        """torch's initialisation: every weight and bias uniform in ±1/sqrt(hidden_size)."""
+        """torch's initialisation: every weight and bias uniform in ±1/sqrt(hidden_size).
+
+        Then, where asked: the input maps as ``nn.Linear`` (uniform in ±1/sqrt(input width)),
+        zero projections for a start-as-vanilla refinement, and the memory gate's bias. The
+        zeroing and the biases come after the random draws, so a start-as-vanilla layer draws
+        the same weights after the same seed as a default one with the same parameters.
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        for name, weight in self.named_parameters():
+            if "_map_" in name:
+                fan_in = getattr(self, name.replace("bias_map", "weight_map")).shape[1]
+                nn.init.uniform_(weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+            else:
+                nn.init.uniform_(weight, -bound, bound)
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                if name.startswith("weight_refine") and self.refine_init == "vanilla":
+                    weight.zero_()
+            if self.forget_bias:
+                gate, sign = MEMORY_GATE[self.mode]
+                start = GATE_ORDER[self.mode].index(gate) * self.hidden_size
+                rows = slice(start, start + self.hidden_size)
+                for layer in range(self.num_layers):
+                    for direction in range(self.num_directions):
+                        sfx = self._suffix(layer, direction)
+                        getattr(self, f"bias_ih{sfx}")[rows] = sign * self.forget_bias
+                        getattr(self, f"bias_hh{sfx}")[rows] = 0.0
 
     def layer_params(self, layer: int, direction: int) -> dict[str, Tensor | None]:
         sfx = self._suffix(layer, direction)
@@ -135,14 +206,36 @@ class GatedRNN(nn.Module):
             text += f", dropout={self.dropout}"
         if self.refine != "none":
             text += f", refine={self.refine!r}, refine_gates={self.refine_gates!r}"
+            if self.refine_init != "default":
+                text += f", refine_init={self.refine_init!r}"
+            if self.refine_bound != "none":
+                text += f", refine_bound={self.refine_bound!r}"
+        if self.forget_bias:
+            text += f", forget_bias={self.forget_bias}"
+        if self.input_map:
+            text += ", input_map=True"
         return text
 
+    @property
+    def short_connection(self) -> tuple[str, float]:
+        """(bound, offset) applied to ``x̃``: offset 1 makes a start-as-vanilla "mul" factor ``1 + x̃``."""
+        offset = 1.0 if (self.refine == "mul" and self.refine_init == "vanilla") else 0.0
+        return self.refine_bound, offset
+
     @classmethod
-    def from_torch(cls, module: nn.Module, refine: str = "none", refine_gates: Iterable[str] | None = None) -> "GatedRNN":
+    def from_torch(
+        cls,
+        module: nn.Module,
+        refine: str = "none",
+        refine_gates: Iterable[str] | None = None,
+        refine_init: str = "default",
+        refine_bound: str = "none",
+    ) -> "GatedRNN":
         """A GatedRNN with the configuration and a copy of the weights of a torch LSTM / GRU.
 
         With ``refine="none"`` (the default) the result computes the same function as
-        ``module``; with a refinement, the extra projection weights (if any) start fresh.
+        ``module``; with a refinement, the extra projection weights (if any) start fresh,
+        and with ``refine_init="vanilla"`` (zero projections) the function is again the same.
         """
         if isinstance(module, nn.LSTM):
             mode = "lstm"
@@ -167,6 +260,8 @@ class GatedRNN(nn.Module):
             refine_gates=refine_gates,
             device=ref.device,
             dtype=ref.dtype,
+            refine_init=refine_init,
+            refine_bound=refine_bound,
         )
         with torch.no_grad():
             for name, value in module.named_parameters():
@@ -240,7 +335,8 @@ class GatedRNN(nn.Module):
 
         record = self.record_gates
         if record:
-            self.last_gates = {}
+            self.last_gates, self.last_states = {}, {}
+        xform = self.short_connection
         use_fast = self.fast and fused.supports(x)
         D = self.num_directions
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
@@ -248,17 +344,20 @@ class GatedRNN(nn.Module):
         for layer in range(self.num_layers):
             if layer and self.dropout and self.training:
                 x = nn.functional.dropout(x, self.dropout, training=True)
+            w_map = getattr(self, f"weight_map_l{layer}", None)
+            if w_map is not None:
+                x = nn.functional.linear(x, w_map, getattr(self, f"bias_map_l{layer}"))
             params = [self.layer_params(layer, d) for d in range(D)]
             rows = slice(layer * D, (layer + 1) * D)
             c0_rows = None if c0 is None else c0[rows]
             if use_fast:
                 prepared = None if needs_grad else self._inference_weights(layer, params)
-                x, h_n, c_n, gates = fused.run_layer(
-                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record, prepared
+                x, h_n, c_n, gates, states = fused.run_layer(
+                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record, prepared, xform
                 )
             else:
-                x, h_n, c_n, gates = run_layer_eager(
-                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record
+                x, h_n, c_n, gates, states = run_layer_eager(
+                    self.mode, x, params, h0[rows], c0_rows, self.refine, self.refine_gates, record, xform
                 )
             h_out.append(h_n)
             if c_n is not None:
@@ -266,6 +365,7 @@ class GatedRNN(nn.Module):
             if record:
                 for name, values in gates.items():
                     self.last_gates[f"l{layer}.{name}"] = values
+                self.last_states[f"l{layer}"] = states
         h_n = torch.cat(h_out, 0)
         new_state = (h_n, torch.cat(c_out, 0)) if self.mode == "lstm" else h_n
         if unbatched:
@@ -276,21 +376,28 @@ class GatedRNN(nn.Module):
         return x, new_state
 
 
-def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined) -> Tensor | None:
-    """``x̃``: the input itself when widths match, else its bias-free projection; None if unused."""
+def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined, xform=("none", 0.0)) -> Tensor | None:
+    """``x̃``: the input itself when widths match, else its bias-free projection; None if unused.
+
+    ``xform = (bound, offset)``: "tanh" bounds it, and offset 1 (start-as-vanilla "mul") makes
+    the factor ``1 + x̃``.
+    """
     if not refined:
         return None
     if w_refine is None:
         assert x.shape[-1] == hidden
-        return x
-    return nn.functional.linear(x, w_refine)
+        xt = x
+    else:
+        xt = nn.functional.linear(x, w_refine)
+    return fused.short_connection(xt, xform)
 
 
-def run_layer_eager(mode, x, params, h0, c0, refine, refined, record):
+def run_layer_eager(mode, x, params, h0, c0, refine, refined, record, xform=("none", 0.0)):
     """One layer, every direction, one time step at a time: the reference for the fused path.
 
-    Returns (output (T, B, D*H), h_n (D, B, H), c_n (D, B, H) or None, gates) where gates
-    maps a gate name to (sigmoid, value), each (D, T, B, H), or is empty unless ``record``.
+    Returns (output (T, B, D*H), h_n (D, B, H), c_n (D, B, H) or None, gates, states) where
+    gates maps a gate name to (sigmoid, value), each (D, T, B, H), and states is the (D, T, B, H)
+    cell c (LSTM) or h (GRU, MGU); gates is empty and states None unless ``record``.
     """
     step = STEPS[mode]
     T = x.shape[0]
@@ -298,13 +405,15 @@ def run_layer_eager(mode, x, params, h0, c0, refine, refined, record):
     for d, p in enumerate(params):
         hidden = p["w_hh"].shape[1]
         xg = nn.functional.linear(x, p["w_ih"], p["b_ih"])
-        xt = refinement_input(x, p["w_refine"], hidden, refined)
+        xt = refinement_input(x, p["w_refine"], hidden, refined, xform)
         state = (h0[d], c0[d]) if mode == "lstm" else h0[d]
         hs = [None] * T
+        cs = [None] * T
         per_gate: dict[str, list] = {g: [None] * T for g in SIGMOID_GATES[mode]}
         for t in range(T) if d == 0 else range(T - 1, -1, -1):
             state, gates = step(xg[t], None if xt is None else xt[t], state, p["w_hh"], p["b_hh"], refine, refined)
             hs[t] = state[0] if mode == "lstm" else state
+            cs[t] = state[1] if mode == "lstm" else state
             if record:
                 for name, values in gates.items():
                     per_gate[name][t] = values
@@ -313,12 +422,13 @@ def run_layer_eager(mode, x, params, h0, c0, refine, refined, record):
         if mode == "lstm":
             c_last.append(state[1])
         if record:
-            recorded.append(per_gate)
-    gates = {}
+            recorded.append((per_gate, torch.stack(cs).detach()))
+    gates, states = {}, None
     if record:
         for name in SIGMOID_GATES[mode]:
-            sig = torch.stack([torch.stack([v[0] for v in r[name]]) for r in recorded]).detach()
-            val = torch.stack([torch.stack([v[1] for v in r[name]]) for r in recorded]).detach()
+            sig = torch.stack([torch.stack([v[0] for v in r[name]]) for r, _ in recorded]).detach()
+            val = torch.stack([torch.stack([v[1] for v in r[name]]) for r, _ in recorded]).detach()
             gates[name] = (sig, val)
+        states = torch.stack([c for _, c in recorded])
     c_n = torch.stack(c_last) if mode == "lstm" else None
-    return torch.cat(outputs, -1), torch.stack(h_last), c_n, gates
+    return torch.cat(outputs, -1), torch.stack(h_last), c_n, gates, states

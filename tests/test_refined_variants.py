@@ -1,0 +1,527 @@
+"""Refined-gate variants (issue 12): start-as-vanilla, bounded short connection, forget-gate bias,
+the identity path (input maps), their checkpoint keys and the vanilla -> refined transfer.
+
+Every variant gets what the first implementation has in tests/test_nn.py: a float64 gradcheck of the
+fast and the eager path, and the fast path pinned to the eager one. Nothing here depends on the CPU's
+float kernels: comparisons use tolerances, and no test asserts the outcome of a training run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from imagegen import render_word
+from test_nn import _gradcheck, _grads
+from textrec.charset import Charset
+from textrec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from textrec.data.images import Preprocess
+from textrec.errors import CheckpointError
+from textrec.model import CRNN, CRNNConfig
+from textrec.nn import GatedRNN, recording_gates
+from textrec.transfer import transfer_weights
+
+MODES = ["lstm", "gru", "mgu"]
+TOL = dict(atol=1e-5, rtol=1e-5)
+TINY = dict(channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16)
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "default.safetensors"
+
+# name -> GatedRNN keyword arguments (besides mode and sizes)
+VARIANTS = {
+    "add-vanilla": dict(refine="add", refine_init="vanilla"),
+    "mul-vanilla": dict(refine="mul", refine_init="vanilla"),
+    "add-tanh": dict(refine="add", refine_bound="tanh"),
+    "mul-tanh": dict(refine="mul", refine_bound="tanh"),
+    "mul-vanilla-tanh": dict(refine="mul", refine_init="vanilla", refine_bound="tanh"),
+    "add-map": dict(refine="add", input_map=True),
+    "mul-map": dict(refine="mul", input_map=True),
+    "none-map-forget": dict(refine="none", input_map=True, forget_bias=1.0),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _assert_close_to_scale(a, b, rel=1e-10):
+    """|a - b| within `rel` of b's largest magnitude: refined gates outside (0, 1) (MGU, GRU) can grow the
+    state geometrically, and float64 rounding grows with it."""
+    scale = max(1.0, b.abs().max().item())
+    torch.testing.assert_close(a, b, atol=rel * scale, rtol=0)
+
+
+def _wake_projections(rnn: GatedRNN, scale: float = 0.5) -> GatedRNN:
+    """A start-as-vanilla projection is zero, which would hide its terms from a check; randomise it."""
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            if name.startswith("weight_refine"):
+                p.copy_(scale * torch.randn_like(p))
+    return rnn
+
+
+# ---------------------------------------------------------------- gradcheck (float64)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_variants(mode, variant, fast):
+    # input 2 != hidden 3: layer 0 projects (or maps), layer 1 (input 2H) too
+    rnn = GatedRNN(mode, 2, 3, num_layers=2 if fast else 1, bidirectional=True, **VARIANTS[variant])
+    rnn.fast = fast
+    _gradcheck(_wake_projections(rnn))
+
+
+@pytest.mark.parametrize("refine", ["add", "mul"])
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_bounded_identity(mode, refine):
+    """Equal widths and no projection: x̃ = tanh(x_t), its gradient reaching the input directly."""
+    rnn = GatedRNN(mode, 3, 3, num_layers=1, bidirectional=True, refine=refine, refine_bound="tanh")
+    assert not hasattr(rnn, "weight_refine_l0")
+    _gradcheck(rnn)
+
+
+@pytest.mark.parametrize(
+    "mode,gates,kwargs",
+    [
+        ("lstm", ("i", "o"), dict(refine="mul", refine_init="vanilla")),
+        ("lstm", ("i", "o"), dict(refine="add", refine_init="vanilla", refine_bound="tanh")),
+        ("lstm", ("f",), dict(refine="mul", refine_bound="tanh")),
+        ("gru", ("z",), dict(refine="mul", refine_init="vanilla", refine_bound="tanh")),
+    ],
+)
+def test_gradcheck_variant_gate_subsets(mode, gates, kwargs):
+    rnn = GatedRNN(mode, 3, 3, num_layers=1, refine_gates=gates, **kwargs)
+    _gradcheck(_wake_projections(rnn))
+
+
+# ---------------------------------------------------------------- fast path vs eager
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_matches_eager_variants(mode, variant, grad):
+    rnn = GatedRNN(mode, 5, 4, num_layers=2, bidirectional=True, batch_first=True, **VARIANTS[variant]).double()
+    _wake_projections(rnn, 0.3)
+    x = torch.randn(3, 7, 5, dtype=torch.double, requires_grad=grad)
+    h0 = torch.randn(4, 3, 4, dtype=torch.double)
+    state = (h0, torch.randn(4, 3, 4, dtype=torch.double)) if mode == "lstm" else h0
+    results = []
+    for fast in (True, False):
+        rnn.fast = fast
+        with torch.set_grad_enabled(grad), recording_gates(rnn) as recorded:
+            out, st = rnn(x, state)
+        flat = [out, *(st if mode == "lstm" else (st,))]
+        flat += [t for v in recorded[""].values() for t in v] + list(rnn.last_states.values())
+        if grad:
+            loss = sum((t * torch.randn_like(t, generator=torch.Generator().manual_seed(i))).sum() for i, t in enumerate(flat[:3]))
+            flat += list(_grads(rnn, x, loss))
+        results.append(flat)
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        _assert_close_to_scale(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_one_direction_at_a_time_variants(mode, monkeypatch):
+    from textrec.nn import fused
+
+    monkeypatch.setattr(fused, "_SPLIT_BYTES", 0)
+    rnn = GatedRNN(mode, 5, 4, num_layers=2, bidirectional=True, refine="mul", refine_init="vanilla", refine_bound="tanh")
+    rnn = _wake_projections(rnn.double()).eval()
+    x = torch.randn(6, 3, 5, dtype=torch.double)
+    results = []
+    for fast in (True, False):
+        rnn.fast = fast
+        with torch.no_grad(), recording_gates(rnn):
+            out, _ = rnn(x)
+        results.append([out, *[t for v in rnn.last_gates.values() for t in v], *rnn.last_states.values()])
+    for a, b in zip(*results):
+        _assert_close_to_scale(a, b)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+@pytest.mark.parametrize("mode", MODES)
+def test_recorded_states_end_in_the_final_state(mode, fast):
+    rnn = GatedRNN(mode, 5, 4, num_layers=2, bidirectional=True, refine="add", refine_gates=None)
+    rnn.fast = fast
+    with recording_gates(rnn):
+        _, st = rnn(torch.randn(6, 3, 5))
+    final = st[1] if mode == "lstm" else st  # c for the LSTM, h otherwise
+    for layer in range(2):
+        states = rnn.last_states[f"l{layer}"]
+        assert states.shape == (2, 6, 3, 4)
+        torch.testing.assert_close(states[0, -1], final[2 * layer])  # forward direction ends at T - 1
+        torch.testing.assert_close(states[1, 0], final[2 * layer + 1])  # reverse direction ends at 0
+
+
+# ---------------------------------------------------------------- start as vanilla
+
+
+def _vanilla_and_refined(mode, input_size, hidden, layers, **refined_kwargs):
+    torch.manual_seed(1)
+    vanilla = GatedRNN(mode, input_size, hidden, num_layers=layers, bidirectional=True)
+    refined = GatedRNN(mode, input_size, hidden, num_layers=layers, bidirectional=True, **refined_kwargs)
+    missing, unexpected = refined.load_state_dict(vanilla.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("weight_refine") for k in missing)
+    return vanilla, refined
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+@pytest.mark.parametrize("gates", [None, "subset"])
+@pytest.mark.parametrize("bound", ["none", "tanh"])
+@pytest.mark.parametrize("refine", ["add", "mul"])
+@pytest.mark.parametrize("mode", MODES)
+def test_start_as_vanilla_equals_vanilla_at_init(mode, refine, bound, gates, fast):
+    subset = {"lstm": ("i", "o"), "gru": ("z",), "mgu": ("f",)}[mode] if gates else None
+    # 6 -> 5 projects; layer 1 (10 -> 5) too; equal widths are covered below
+    vanilla, refined = _vanilla_and_refined(
+        mode, 6, 5, 2, refine=refine, refine_gates=subset, refine_init="vanilla", refine_bound=bound
+    )
+    refined.fast = vanilla.fast = fast
+    x = 3 * torch.randn(7, 4, 6)
+    out_v, st_v = vanilla(x)
+    out_r, st_r = refined(x)
+    torch.testing.assert_close(out_r, out_v, **TOL)
+    for a, b in zip(st_r if mode == "lstm" else (st_r,), st_v if mode == "lstm" else (st_v,)):
+        torch.testing.assert_close(a, b, **TOL)
+    # ... and the short connection can grow: its projections get a gradient at once
+    out_r.pow(2).sum().backward()
+    assert all(p.grad.abs().sum() > 0 for n, p in refined.named_parameters() if n.startswith("weight_refine"))
+
+
+@pytest.mark.parametrize("refine", ["add", "mul"])
+def test_start_as_vanilla_projects_at_equal_widths(refine):
+    """The identity x̃ (equal widths) is never zero, so start-as-vanilla gives those layers a zero projection too."""
+    vanilla, refined = _vanilla_and_refined("lstm", 4, 4, 1, refine=refine, refine_init="vanilla")
+    assert refined.weight_refine_l0.shape == (4, 4) and not refined.weight_refine_l0.any()
+    x = torch.randn(5, 2, 4)
+    torch.testing.assert_close(refined(x)[0], vanilla(x)[0], **TOL)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_from_torch_start_as_vanilla_matches_torch(kind):
+    ref = kind(6, 5, num_layers=2, bidirectional=True)
+    ours = GatedRNN.from_torch(ref, refine="mul", refine_gates=None, refine_init="vanilla", refine_bound="tanh")
+    x = torch.randn(7, 3, 6)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **TOL)
+
+
+def test_start_as_vanilla_draws_the_same_weights():
+    """Zeroing comes after torch's draws: same seed, same recurrent weights as the default refinement."""
+    torch.manual_seed(3)
+    default = GatedRNN("lstm", 6, 5, 2, True, refine="add")
+    torch.manual_seed(3)
+    vanilla = GatedRNN("lstm", 6, 5, 2, True, refine="add", refine_init="vanilla")
+    for name, p in default.named_parameters():
+        q = getattr(vanilla, name)
+        if name.startswith("weight_refine"):
+            assert not q.any() and p.any()
+        else:
+            assert torch.equal(p, q), name
+
+
+# ---------------------------------------------------------------- bounded short connection
+
+
+@pytest.mark.parametrize("refine", ["add", "mul"])
+def test_bounded_short_connection_stays_inside_unit_interval(refine):
+    kwargs = dict(num_layers=2, bidirectional=True, refine=refine)
+    free = GatedRNN("lstm", 6, 5, **kwargs)
+    bounded = GatedRNN("lstm", 6, 5, refine_bound="tanh", **kwargs)
+    bounded.load_state_dict(free.state_dict())
+    for rnn in (free, bounded):
+        _wake_projections(rnn, scale=3.0)  # large weights: an unbounded x̃ leaves (-1, 1)
+    bounded.load_state_dict(free.state_dict())
+    x = 5 * torch.randn(8, 4, 6)
+    spans = []
+    for rnn in (free, bounded):
+        with torch.no_grad(), recording_gates(rnn) as rec:
+            rnn(x)
+        xt = [val - sig if refine == "add" else val / sig for sig, val in rec[""].values()]
+        spans.append(max(t.abs().max().item() for t in xt))
+    assert spans[0] > 1.5  # the check can fail
+    assert spans[1] <= 1.0  # tanh's open interval, closed by float rounding at large arguments
+
+
+def test_start_as_vanilla_mul_factor_is_one_plus_bounded_projection():
+    rnn = _wake_projections(GatedRNN("gru", 4, 3, refine="mul", refine_init="vanilla", refine_bound="tanh"), 4.0)
+    x = 3 * torch.randn(5, 2, 4)
+    with torch.no_grad(), recording_gates(rnn) as rec:
+        rnn(x)
+    expected = 1 + torch.tanh(nn.functional.linear(x, rnn.weight_refine_l0))
+    for sig, val in rec[""].values():
+        torch.testing.assert_close(val[0] / sig[0], expected, **TOL)
+        assert (val[0] / sig[0]).min() >= 0 and (val[0] / sig[0]).max() <= 2
+
+
+# ---------------------------------------------------------------- forget-gate bias
+
+
+@pytest.mark.parametrize("mode,block,sign", [("lstm", 1, 1.0), ("gru", 1, 1.0), ("mgu", 0, -1.0)])
+def test_forget_bias_sets_the_memory_gate_rows_only(mode, block, sign):
+    torch.manual_seed(5)
+    plain = GatedRNN(mode, 6, 4, num_layers=2, bidirectional=True, refine="add")
+    torch.manual_seed(5)
+    biased = GatedRNN(mode, 6, 4, num_layers=2, bidirectional=True, refine="add", forget_bias=1.0)
+    rows = slice(block * 4, (block + 1) * 4)
+    for name, p in biased.named_parameters():
+        q = getattr(plain, name)
+        if name.startswith("bias_"):
+            expected = sign * 1.0 if name.startswith("bias_ih") else 0.0
+            assert torch.equal(p[rows], torch.full_like(p[rows], expected)), name
+            mask = torch.ones_like(p, dtype=torch.bool)
+            mask[rows] = False
+            assert torch.equal(p[mask], q[mask]), name
+        else:
+            assert torch.equal(p, q), name
+
+
+def test_forget_bias_zero_is_todays_initialisation():
+    torch.manual_seed(2)
+    today = GatedRNN("lstm", 6, 4, 2, True, refine="add", refine_gates=("i", "o"))
+    torch.manual_seed(2)
+    explicit = GatedRNN(
+        "lstm", 6, 4, 2, True, refine="add", refine_gates=("i", "o"), refine_init="default", refine_bound="none", forget_bias=0.0
+    )
+    assert today.state_dict().keys() == explicit.state_dict().keys()
+    assert all(torch.equal(v, explicit.state_dict()[k]) for k, v in today.state_dict().items())
+
+
+# ---------------------------------------------------------------- identity path (input maps)
+
+
+def test_input_map_makes_every_layer_input_hidden_wide():
+    rnn = GatedRNN("lstm", 6, 4, num_layers=2, bidirectional=True, refine="add", input_map=True)
+    shapes = {n: tuple(p.shape) for n, p in rnn.named_parameters()}
+    assert shapes["weight_map_l0"] == (4, 6) and shapes["bias_map_l0"] == (4,)
+    assert shapes["weight_map_l1"] == (4, 8)
+    assert shapes["weight_ih_l0"] == shapes["weight_ih_l1_reverse"] == (16, 4)
+    assert not any(n.startswith("weight_refine") for n in shapes)  # x̃ is the mapped input itself
+    # a layer whose input is hidden-wide already needs no map
+    assert not hasattr(GatedRNN("lstm", 4, 4, num_layers=2, input_map=True), "weight_map_l0")
+    assert not hasattr(GatedRNN("lstm", 4, 4, num_layers=2, input_map=True), "weight_map_l1")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+def test_input_map_short_connection_is_the_mapped_input(fast):
+    rnn = GatedRNN("lstm", 6, 4, num_layers=1, bidirectional=True, refine="add", input_map=True)
+    rnn.fast = fast
+    x = torch.randn(5, 2, 6)
+    with torch.no_grad(), recording_gates(rnn) as rec:
+        rnn(x)
+    mapped = nn.functional.linear(x, rnn.weight_map_l0, rnn.bias_map_l0)
+    for sig, val in rec[""].values():
+        for d in range(2):
+            torch.testing.assert_close(val[d] - sig[d], mapped, **TOL)
+
+
+def test_crnn_identity_path():
+    config = CRNNConfig(num_classes=37, refine="add", refine_gates=("i", "o"), input_map=True, **TINY)
+    model = CRNN(config)
+    seq = model.sequence
+    assert seq.weight_map_l0.shape == (16, 32) and seq.weight_map_l1.shape == (16, 32)
+    assert not any("weight_refine" in n for n, _ in model.named_parameters())
+    assert model(torch.randn(2, 1, 32, 64)).shape == (17, 2, 37)
+
+
+# ---------------------------------------------------------------- option checks
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(refine="add", refine_init="zero"), "unknown refine_init 'zero'"),
+        (dict(refine="add", refine_bound="clip"), "unknown refine_bound 'clip'"),
+        (dict(refine="none", refine_init="vanilla"), "refine_init='vanilla' needs refine"),
+        (dict(refine="none", refine_bound="tanh"), "refine_bound='tanh' needs refine"),
+        (dict(refine="add", refine_init="vanilla", input_map=True), "cannot be combined with input_map"),
+        (dict(forget_bias=float("nan")), "forget_bias must be a finite number"),
+        (dict(forget_bias="1"), "forget_bias must be a finite number"),
+    ],
+)
+def test_invalid_variant_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GatedRNN("lstm", 6, 4, **kwargs)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+NEW_KEYS = {"refine_init", "refine_bound", "forget_bias", "input_map"}
+
+
+def _save(path, config: CRNNConfig, charset: Charset, model=None):
+    model = model or CRNN(config)
+    save_checkpoint(path, Checkpoint(config, charset, Preprocess(), model.state_dict(), {"step": 1}))
+    return model
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(refine="mul", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh", forget_bias=1.0),
+        dict(refine="add", input_map=True, forget_bias=-0.5),
+    ],
+)
+def test_checkpoint_round_trip_of_variant_keys(tmp_path, variant):
+    charset = Charset.from_spec("36")
+    config = CRNNConfig(num_classes=charset.num_classes, **TINY, **variant)
+    model = _save(tmp_path / "m.safetensors", config, charset).eval()
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.model_config == config
+    rebuilt = loaded.build_model().eval()
+    images = torch.randn(2, 1, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), model(images), atol=0, rtol=0)
+
+
+def test_checkpoint_without_variant_keys_loads_as_before(tmp_path):
+    """A checkpoint written before the keys existed (and any default one now: the keys are left out)."""
+    charset = Charset.from_spec("36")
+    config = CRNNConfig(num_classes=charset.num_classes, refine="add", refine_gates=("i", "o"), **TINY)
+    assert NEW_KEYS.isdisjoint(config.to_dict())  # older textrec versions refuse unknown keys
+    model = _save(tmp_path / "old.safetensors", config, charset)
+    raw = (tmp_path / "old.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert NEW_KEYS.isdisjoint(json.loads(header["__metadata__"]["model"]))
+    loaded = load_checkpoint(tmp_path / "old.safetensors")
+    assert (loaded.model_config.refine_init, loaded.model_config.refine_bound) == ("default", "none")
+    assert (loaded.model_config.forget_bias, loaded.model_config.input_map) == (0.0, False)
+    assert loaded.build_model().state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
+def test_shipped_model_config_is_the_vanilla_default():
+    config = load_checkpoint(SHIPPED).model_config
+    assert (config.refine, config.refine_init, config.refine_bound, config.forget_bias, config.input_map) == (
+        "none", "default", "none", 0.0, False,
+    )
+
+
+# ---------------------------------------------------------------- transfer: vanilla -> refined start-as-vanilla
+
+
+def _logits(model, images):
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(refine="add", refine_gates=("i", "o")),
+        dict(refine="add"),
+        dict(refine="mul", refine_bound="tanh"),
+        dict(refine="mul", refine_gates=("i", "f", "o")),
+    ],
+)
+def test_transfer_vanilla_to_start_as_vanilla_keeps_outputs(tmp_path, variant):
+    charset = Charset.from_spec("36")
+    torch.manual_seed(0)
+    vanilla = _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+    torch.manual_seed(1)  # other fresh weights, so that a copy that did not happen would show
+    refined = CRNN(CRNNConfig(num_classes=charset.num_classes, refine_init="vanilla", **TINY, **variant))
+    report = transfer_weights(refined, charset, load_checkpoint(tmp_path / "v.safetensors"))
+    assert report.fresh == sorted(n for n in refined.state_dict() if "weight_refine" in n) and len(report.fresh) == 4
+    for name, tensor in refined.state_dict().items():
+        if name in report.fresh:
+            assert not tensor.any(), name
+        else:
+            assert torch.equal(tensor, vanilla.state_dict()[name]), name
+    images = torch.randn(3, 1, 32, 64)
+    torch.testing.assert_close(_logits(refined, images), _logits(vanilla, images), **TOL)
+
+
+def test_transfer_to_a_refined_model_needs_start_as_vanilla(tmp_path):
+    charset = Charset.from_spec("36")
+    _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+    checkpoint = load_checkpoint(tmp_path / "v.safetensors")
+    refined = CRNN(CRNNConfig(num_classes=charset.num_classes, refine="add", refine_gates=("i", "o"), **TINY))
+    with pytest.raises(CheckpointError, match="refine: 'none' -> 'add'.*only with refine_init='vanilla'"):
+        transfer_weights(refined, charset, checkpoint)
+    # the identity path changes the recurrent weights' shapes: no start from vanilla weights
+    mapped = CRNN(CRNNConfig(num_classes=charset.num_classes, refine="add", input_map=True, **TINY))
+    with pytest.raises(CheckpointError, match="input_map: False -> True"):
+        transfer_weights(mapped, charset, checkpoint)
+    # a forget-gate bias is an initialisation that the copied biases would contradict
+    biased = CRNN(CRNNConfig(num_classes=charset.num_classes, refine="add", refine_init="vanilla", forget_bias=1.0, **TINY))
+    with pytest.raises(CheckpointError, match="forget_bias: 0.0 -> 1.0"):
+        transfer_weights(biased, charset, checkpoint)
+    # and a refined source does not become vanilla again
+    _save(tmp_path / "r.safetensors", refined.config, charset)
+    with pytest.raises(CheckpointError, match="refine: 'add' -> 'none'"):
+        transfer_weights(CRNN(CRNNConfig(num_classes=charset.num_classes, **TINY)), charset, load_checkpoint(tmp_path / "r.safetensors"))
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
+def test_shipped_model_starts_a_refined_model_unchanged():
+    import dataclasses
+
+    checkpoint = load_checkpoint(SHIPPED)
+    vanilla = checkpoint.build_model()
+    config = dataclasses.replace(checkpoint.model_config, refine="add", refine_gates=("i", "o"), refine_init="vanilla")
+    refined = CRNN(config)
+    transfer_weights(refined, checkpoint.charset, checkpoint)
+    from textrec.predict import Recognizer
+
+    images = Recognizer(vanilla, checkpoint.charset, checkpoint.preprocess).prepare(
+        [render_word(w) for w in ("street", "Coffee", "$4.99")]
+    )
+    torch.testing.assert_close(_logits(refined, images), _logits(vanilla, images), **TOL)
+
+
+# ---------------------------------------------------------------- training job and CLI
+
+
+def test_train_from_vanilla_checkpoint_with_start_as_vanilla_and_resume_guard(tmp_path, word_lmdb):
+    from test_train import Recorder
+    from textrec.train import TrainConfig, train
+
+    data, _ = word_lmdb
+    charset = Charset.from_spec("36")
+    _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+    config = TrainConfig(
+        train_data=[str(data)], val_data=[str(data)], output=str(tmp_path / "run"), max_steps=2, batch_size=3,
+        warmup_steps=1, augment=False, val_interval=2, save_interval=2, workers=0, width=64,
+        refine="add", refine_gates=["i", "o"], refine_init="vanilla", refine_bound="tanh",
+        init_from=str(tmp_path / "v.safetensors"), **TINY,
+    )
+    recorder = Recorder()
+    train(config, recorder)
+    assert any("refined gates start as vanilla (4 projections start at zero)" in e for e in recorder.events)
+    saved = load_checkpoint(tmp_path / "run" / "last.safetensors").model_config
+    assert (saved.refine, saved.refine_init, saved.refine_bound) == ("add", "vanilla", "tanh")
+    config.max_steps, config.refine_bound = 4, "none"
+    with pytest.raises(CheckpointError, match="refine_bound: 'tanh' -> 'none'"):
+        train(config)
+
+
+def test_cli_variant_options_reach_the_checkpoint(tmp_path, word_lmdb):
+    from cli.main import app
+
+    data, _ = word_lmdb
+    runner = CliRunner(env={"COLUMNS": "250"})
+    common = ["train", "--train-data", str(data), "--max-steps", "1", "--batch-size", "3", "--workers", "0",
+              "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", str(TINY["hidden_size"])]
+    result = runner.invoke(app, [*common, "--output", str(tmp_path / "a"), "--refine", "mul", "--refine-gates", "i,o",
+                                 "--refine-init", "vanilla", "--refine-bound", "tanh", "--forget-bias", "1"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (saved["refine_init"], saved["refine_bound"], saved["forget_bias"], saved["input_map"]) == ("vanilla", "tanh", 1.0, False)
+    config = load_checkpoint(tmp_path / "a" / "last.safetensors").model_config
+    assert (config.refine_init, config.refine_bound, config.forget_bias) == ("vanilla", "tanh", 1.0)
+    result = runner.invoke(app, [*common, "--output", str(tmp_path / "b"), "--refine", "add", "--input-map"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "b" / "last.safetensors").model_config.input_map is True
+    result = runner.invoke(app, [*common, "--output", str(tmp_path / "c"), "--refine", "add", "--input-map",
+                                 "--refine-init", "vanilla"])
+    assert result.exit_code == 1 and "cannot be combined with input_map" in result.output
