@@ -125,6 +125,7 @@ def train(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     amp: bool = typer.Option(True, help="Mixed precision on CUDA (ignored on the CPU)."),
+    scene_device: str = typer.Option("auto", help="Where batches of images are finished: auto (the training device) or cpu."),
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."
     ),

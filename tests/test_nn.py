@@ -396,3 +396,48 @@ def test_inference_one_direction_at_a_time_matches_eager(mode, refine, monkeypat
         results.append([out, *(state if mode == "lstm" else (state,)), *[t for v in rnn.last_gates.values() for t in v]])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_torch_kernel_path_matches_ours(mode, batch_first):
+    """Vanilla layers run as torch's fused kernel on GPUs (`torch_kernel`); it must equal our path."""
+    torch.manual_seed(0)
+    rnn = GatedRNN(mode, 6, 5, num_layers=2, bidirectional=True, batch_first=batch_first).double()
+    x = torch.randn(3, 7, 6, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(4, 3 if batch_first else 7, 5, dtype=torch.double)
+    state = (h0, torch.randn_like(h0)) if mode == "lstm" else h0
+    ours, ours_state = rnn(x, state)
+    theirs, their_state = rnn.torch_kernel(x, state)
+    torch.testing.assert_close(theirs, ours)
+    for a, b in zip(their_state if mode == "lstm" else (their_state,), ours_state if mode == "lstm" else (ours_state,)):
+        torch.testing.assert_close(a, b)
+    grads_ours = torch.autograd.grad(ours.square().sum(), [x, *rnn.parameters()])
+    grads_theirs = torch.autograd.grad(theirs.square().sum(), [x, *rnn.parameters()])
+    for a, b in zip(grads_theirs, grads_ours):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_kernel_is_used_only_where_it_applies(monkeypatch):
+    assert not GatedRNN("lstm", 6, 5).torch_kernel_applies(torch.randn(4, 2, 6))  # CPU: ours
+    on_gpu = type("OnGpu", (), {"is_cuda": True, "dim": lambda self: 3})()  # what the check looks at
+    assert GatedRNN("lstm", 6, 5).torch_kernel_applies(on_gpu)
+    assert not GatedRNN("lstm", 6, 5, refine="add").torch_kernel_applies(on_gpu)
+    assert not GatedRNN("mgu", 6, 5).torch_kernel_applies(on_gpu)
+    recording = GatedRNN("gru", 6, 5)
+    recording.record_gates = True
+    assert not recording.torch_kernel_applies(on_gpu)
+    monkeypatch.setenv("TEXTREC_TORCH_RNN", "0")
+    assert not GatedRNN("lstm", 6, 5).torch_kernel_applies(on_gpu)
+
+
+def test_torch_kernel_path_under_autocast_runs_in_the_autocast_dtype():
+    rnn = GatedRNN("lstm", 6, 5, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 3, 6)
+    reference, _ = rnn(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = rnn.torch_kernel(x)
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.02, rtol=0.05)
+    out.float().sum().backward()
+    assert rnn.weight_ih_l0.grad.dtype == torch.float32 and rnn.weight_ih_l0.grad.abs().sum() > 0

@@ -96,6 +96,8 @@ class TrainConfig:
     synth_fonts: list[str] = field(default_factory=list)
     # A checkpoint to start from (weights only; fresh optimizer and schedule). Ignored when resuming.
     init_from: str | None = None
+    # Where the batched image stage runs: "auto" (the training device) or "cpu" (e.g. to spare GPU memory).
+    scene_device: str = "auto"
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -410,8 +412,9 @@ class _Run:
         if initialised:
             self.callbacks.on_event(initialised)
         # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
+        scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
         self.finisher = Finisher(
-            config.height, config.width, config.seed, self.device, self.preprocess.mean, self.preprocess.std,
+            config.height, config.width, config.seed, scene_device, self.preprocess.mean, self.preprocess.std,
             keep_ratio=config.keep_ratio, augment_real=config.augment,
         )
         sampler = StepBatchSampler([s.size for s in sources], counts, config.seed, self.step, config.max_steps)
@@ -495,7 +498,7 @@ class _Run:
 
     def _loss(self, batch) -> float | None:
         """One optimisation step; returns the loss, or None when the loss or gradient was not finite."""
-        images = self.finisher.model_input(batch.raw, self.step)
+        images = self.finisher.model_input(batch.raw, self.step).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             logits = self.model(images)
         log_probs = logits.float().log_softmax(2)

@@ -10,7 +10,8 @@
 # Then with the device tool: run `bash tools/gpu_lease.sh`, carry [".whl", "data/gpu"], timeout_s 600.
 #
 # What it does (times from the script's start; LEASE_SECONDS is the command's own limit):
-#   1. installs the carried wheels, records the machine (GPU, torch) and samples GPU use every 5 s;
+#   1. installs the carried wheels, records the machine (GPU, torch), checks the GPU code paths in seconds
+#      (tools/device_check.py: a failing one gets its fallback) and samples GPU use every 5 s;
 #      with DATA_SPEED_SECONDS=N, first times the data path and training steps apart (benchmarks/data_speed.py);
 #   2. probe: trains PROBE_SECONDS from INIT_FROM with the recipe, stops it (state saved) and
 #      reads the data rate off metrics.jsonl;
@@ -46,6 +47,10 @@ textrec() { python3 -m cli.main "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/lease.log"
 python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$OUT/lease.log"
+# The GPU code paths, checked in seconds: a failure switches to a fallback instead of costing the lease.
+FALLBACKS=$(python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log")
+for setting in $FALLBACKS; do export "$setting"; log "fallback: $setting"; done
+SCENE_DEVICE=${SCENE_DEVICE:-auto}
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
 SAMPLER=$!
 if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps measured apart (issue 10), into lease.log
@@ -56,7 +61,7 @@ if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps mea
 fi
 
 log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
-timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" \
+timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
     --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
 PLAN=$(python3 - "$RUN" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" "${FALLBACK_RATE:-3500}" <<'EOF'
 import json, os, sys
@@ -81,7 +86,7 @@ TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
 [ "$TRAIN_LEFT" -lt 1 ] && TRAIN_LEFT=1
 INIT=()
 [ -f "$RUN/resume.pt" ] || INIT=(--init-from "$INIT_FROM")  # the probe never saved: start here
-timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --max-steps "$MAX_STEPS" \
+timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --scene-device "$SCENE_DEVICE" --max-steps "$MAX_STEPS" \
     --output "$RUN" >> "$OUT/train.log" 2>&1
 log "training ended (exit $?)"
 

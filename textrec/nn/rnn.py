@@ -17,6 +17,8 @@ own the console; everything a caller may want to know is returned or raised.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -306,6 +308,8 @@ class GatedRNN(nn.Module):
     def forward(self, x: Tensor, state=None):
         if isinstance(x, PackedSequence):
             raise TypeError("GatedRNN does not take PackedSequence input; pad the batch instead")
+        if self.torch_kernel_applies(x):
+            return self.torch_kernel(x, state)
         if torch.is_autocast_enabled(x.device.type):
             # The recurrences write into preallocated buffers, which autocast cannot retype;
             # run them in the parameters' dtype and let the caller's autocast resume after.
@@ -315,6 +319,40 @@ class GatedRNN(nn.Module):
                     state = tuple(s.to(dtype) for s in state) if self.mode == "lstm" else state.to(dtype)
                 return self._forward(x.to(dtype), state)
         return self._forward(x, state)
+
+    def torch_kernel_applies(self, x: Tensor) -> bool:
+        """Vanilla LSTM and GRU layers on a GPU run as torch's own kernel (cuDNN): the same parameters
+        and equations (see `from_torch`), several times fewer kernel launches. Refined gates, the MGU,
+        input maps and gate recording need ours. TEXTREC_TORCH_RNN=0 turns this off."""
+        return (
+            self.refine == "none" and self.mode in ("lstm", "gru") and x.is_cuda and x.dim() == 3 and self.fast
+            and not self.record_gates and not self.input_map and os.environ.get("TEXTREC_TORCH_RNN", "1") != "0"
+        )
+
+    def torch_kernel(self, x: Tensor, state=None):
+        """The layers through torch's fused RNN kernel (on any device; `forward` uses it on GPUs)."""
+        # Under autocast the kernel runs in the autocast dtype, cast here rather than left to autocast's op lists.
+        dtype = _autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.weight_ih_l0.dtype
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        x = x.to(dtype)
+        state = self._initial_state(state, x.shape[1], x)
+        weights = [
+            p.to(dtype)
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+            for key, p in self.layer_params(layer, direction).items()
+            if key != "w_refine"
+        ]
+        with torch.autocast(x.device.type, enabled=False), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            args = (weights, True, self.num_layers, self.dropout, self.training, self.bidirectional, False)
+            if self.mode == "lstm":
+                out, h, c = torch._VF.lstm(x, tuple(s.to(dtype) for s in state), *args)
+                new_state = (h, c)
+            else:
+                out, new_state = torch._VF.gru(x, state.to(dtype), *args)
+        return (out.transpose(0, 1) if self.batch_first else out), new_state
 
     def _forward(self, x: Tensor, state):
         if x.dim() not in (2, 3):
@@ -374,6 +412,13 @@ class GatedRNN(nn.Module):
         elif self.batch_first:
             x = x.transpose(0, 1)
         return x, new_state
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    getter = getattr(torch, "get_autocast_dtype", None)  # torch >= 2.4; the older getters before
+    if getter is not None:
+        return getter(device_type)
+    return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
 def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined, xform=("none", 0.0)) -> Tensor | None:

@@ -1,0 +1,77 @@
+"""Ten-second check of the GPU code paths before a lease trains, so that a failure costs a fallback, not the lease.
+
+    python tools/device_check.py RECIPE.toml CHECKPOINT
+
+Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and why, on stderr:
+  SCENE_DEVICE=cpu      the batched image stage failed on the GPU: finish batches on the CPU instead
+  TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
+Nothing is printed on stdout when both work (or when there is no GPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from textrec.charset import Charset  # noqa: E402
+from textrec.checkpoint import load_checkpoint  # noqa: E402
+from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
+
+
+def report(problem: str, error: BaseException) -> None:
+    print(f"device check: {problem}: {type(error).__name__}: {error}", file=sys.stderr)
+    traceback.print_exc(limit=3, file=sys.stderr)
+
+
+def main() -> None:
+    recipe = tomllib.loads(Path(sys.argv[1]).read_text())
+    checkpoint = load_checkpoint(sys.argv[2])
+    if not torch.cuda.is_available():
+        return
+    device = torch.device("cuda")
+    height, width = recipe.get("height", 32), recipe.get("width", 100)
+    charset = Charset.from_spec(recipe.get("charset", "36"))
+    finisher = Finisher(height, width, 0, device)
+    source = SynthSource(0, charset, max_frames=width // 4 + 1)
+    image = crop_for_check(source, finisher)
+    raws = [source.raw(i) for i in range(48)] + [raw_real(image, "word", *finisher.canvas_size)] * 16
+    batch, _ = collate_raw(raws)
+    try:
+        for step in range(3):
+            images = finisher.model_input(batch, step)
+        torch.cuda.synchronize()
+        assert torch.isfinite(images).all() and images.shape == (64, 1, height, width)
+    except Exception as error:  # noqa: BLE001  (any failure means: fall back)
+        report("the image stage failed on the GPU", error)
+        print("SCENE_DEVICE=cpu")
+        images = Finisher(height, width, 0, "cpu").model_input(batch, 0).to(device)
+    model = checkpoint.build_model().to(device).train()
+    try:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        with torch.autocast("cuda"):
+            logits = model(images)
+        loss = logits.float().log_softmax(2).mean()
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+        assert torch.isfinite(loss)
+    except Exception as error:  # noqa: BLE001
+        report("a training step with torch's RNN kernel failed", error)
+        print("TEXTREC_TORCH_RNN=0")
+
+
+def crop_for_check(source: SynthSource, finisher: Finisher):
+    """A real-looking crop for the check: a finished synthetic image (no third-party data needed)."""
+    from textrec.synth.writer import Renderer
+
+    return Renderer(source.glyphs, finisher.scene.model_height, finisher.scene.model_width).render(1)[0][0]
+
+
+if __name__ == "__main__":
+    main()
