@@ -7,8 +7,9 @@
    crops, as `--train-data` specs), for `--seconds` after a warm-up; then images/s of the device
    stage alone (`textrec.synth`: geometry, backgrounds, camera) on those batches.
 2. steps: images/s of forward + CTC + backward + AdamW on random images of the model's input size
-   (no data loading), per batch size, for the shipped architecture with our recurrent layer
-   (vanilla gates, and refined `add` on i,o) and with torch.nn.LSTM (cuDNN on a GPU) in its place.
+   (no data loading), per batch size, for the shipped architecture with its recurrent layer
+   (vanilla gates: torch's fused kernel on a GPU, ours on a CPU), with refined `add` on i,o (always
+   ours), and with torch.nn.LSTM (cuDNN on a GPU) in its place.
    On CUDA with float16 autocast, as training runs.
 Training runs no faster than the slowest of the three. The last line is one JSON object.
 """
