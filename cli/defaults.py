@@ -7,18 +7,20 @@ from typing import Optional
 
 from .common import fail
 
-# The project's `data/` and `checkpoints/` folders, relative to the working directory.
+# The project's `data/` folder, relative to the working directory.
 DEFAULT_DATA_ROOT = Path("data")
-# Found relative to the source tree (the Makefile's editable install); a copy installed elsewhere
-# names its model through this variable instead (or --checkpoint).
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.safetensors"
+# Kept here too so that `--help` can name the variable without importing the library (and torch).
 CHECKPOINT_ENV = "TEXTREC_CHECKPOINT"
 
 
 def resolve_checkpoint(checkpoint: Optional[Path]) -> Path:
-    """The given checkpoint, else the shipped model, else a clear error."""
+    """The given checkpoint (--checkpoint or $TEXTREC_CHECKPOINT, which Typer reads), else the shipped model."""
     if checkpoint is not None:
         return checkpoint
-    if SHIPPED_CHECKPOINT.is_file():
-        return SHIPPED_CHECKPOINT
-    fail(f"no --checkpoint given, {CHECKPOINT_ENV} not set, and no shipped model at {SHIPPED_CHECKPOINT}")
+    from textrec.checkpoint import shipped_checkpoint
+    from textrec.errors import CheckpointError
+
+    try:
+        return shipped_checkpoint()
+    except CheckpointError as exc:
+        fail(str(exc))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +12,8 @@ from rich.table import Table
 from textrec.data import benchmarks as registry
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.errors import BenchmarkNotFoundError
-from textrec.evaluate import BenchmarkResult, combine, evaluate_dataset
+from textrec.evaluate import BenchmarkResult, combine, evaluate_dataset, is_results_file, save_results
+from textrec.files import check_output_file
 from textrec.metrics import PROTOCOLS
 from textrec.predict import Recognizer
 
@@ -53,7 +53,8 @@ def evaluate(
     protocol: str = typer.Option("36", help=f"Comparison protocol: {', '.join(PROTOCOLS)}."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as a JSON list to this file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as a JSON list to this file (checked before evaluating)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file that eval did not write."),
     show_failures: int = typer.Option(10, help="How many unreadable samples to list."),
 ) -> None:
     """Word accuracy and 1-NED of a checkpoint on benchmarks (case-insensitive, 36 characters by default)."""
@@ -61,12 +62,14 @@ def evaluate(
         fail(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if not benchmark and not data:
         fail("name at least one --benchmark or --data")
+    if json_out is not None:  # before any work: a bad path must not cost the evaluation
+        check_output_file(json_out, overwrite, ours=is_results_file)
     targets = _targets(benchmark, data, data_root)
     recognizer = Recognizer.from_checkpoint(resolve_checkpoint(checkpoint), device=device)
+    datasets = [(name, LmdbDataset(path)) for name, path in targets]  # every dataset checked before the first is run
     results: list[BenchmarkResult] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
-        for name, path in targets:
-            dataset = LmdbDataset(path)
+        for name, dataset in datasets:
             task = progress.add_task(name, total=len(dataset))
             results.append(
                 evaluate_dataset(
@@ -100,5 +103,5 @@ def evaluate(
     if len(failures) > show_failures:
         err_console.print(f"... and {len(failures) - show_failures} more unreadable samples")
     if json_out is not None:
-        json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n", encoding="utf-8")
+        save_results(json_out, results)
         console.print(f"results written to {json_out}")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from textrec.export import FORMATS, export_onnx, export_safetensors
+from textrec.files import check_output_file
 
 from .common import console, fail, user_errors
 
@@ -22,8 +23,10 @@ def export(
         None, "--dynamic-width/--fixed-width",
         help="safetensors: at inference pad each batch only to its widest image, or every image to the model width (default: as the checkpoint).",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:
     """Write a checkpoint as float16 safetensors (e.g. to ship it) or as an ONNX graph."""
+    check_output_file(output, overwrite)
     if export_format == "safetensors":
         export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width)
     elif export_format == "onnx":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,10 +10,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from textrec.charset import DEFAULT_CHARSET, Charset
+from textrec.data.lmdb_store import check_staging_folder
+from textrec.data.samples import write_samples
+from textrec.files import check_output_file, check_output_parent
 from textrec.synth.glyphs import GlyphSource
 from textrec.synth.writer import IMAGE_FORMATS, Renderer, make_preview, write_synth_lmdb
 
-from .common import console, err_console, user_errors, warn
+from .common import console, err_console, fail, user_errors, warn
 
 
 @user_errors
@@ -36,8 +40,16 @@ def synth(
     image_format: str = typer.Option("jpeg", "--format", help=f"Image encoding in the LMDB: {', '.join(IMAGE_FORMATS)}."),
     preview: Optional[Path] = typer.Option(None, help="Also write a contact sheet PNG of the first samples."),
     preview_count: int = typer.Option(48, min=1, help="Samples on the preview sheet."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --preview file."),
 ) -> None:
     """Render synthetic scene-text word images (many fonts, backgrounds, distortions) into an LMDB."""
+    # Outputs checked before any work: nothing of the user's is replaced.
+    if os.path.lexists(output_dir) and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        fail(f"{output_dir}: output exists and is not an empty folder")
+    check_output_parent(output_dir)
+    check_staging_folder(output_dir.with_name(output_dir.name + ".partial"))
+    if preview is not None:
+        check_output_file(preview, overwrite)
     chars = Charset.from_spec(charset)
     glyphs = GlyphSource(seed, chars, max_frames, [str(f) for f in fonts or []], str(words) if words else None, system_fonts)
     renderer = Renderer(glyphs, height, width, scale)
@@ -79,13 +91,13 @@ def synth(
 
 @user_errors
 def samples(
-    output_dir: Path = typer.Argument(Path("data/samples"), help="Folder for the PNG files and their gt.txt."),
+    output_dir: Path = typer.Argument(
+        Path("data/samples"), help="Folder for the PNG files and their gt.txt: new, empty, or one this command wrote."
+    ),
     count: int = typer.Option(12, "--count", "-n", min=1),
     seed: int = typer.Option(2026, help="Seed of the renderer: the same seed gives the same images."),
     charset: str = typer.Option(DEFAULT_CHARSET, help="Charset the labels fit."),
 ) -> None:
     """Render a few synthetic word images as PNG files (with a gt.txt) to try `predict`, `create-lmdb` and `eval` on."""
-    from textrec.synth.writer import write_sample_images
-
-    written = write_sample_images(output_dir, count, seed, Charset.from_spec(charset))
+    written = write_samples(output_dir, count, seed, Charset.from_spec(charset))
     console.print(f"wrote {len(written)} images and {output_dir / 'gt.txt'}")

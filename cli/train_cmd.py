@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from textrec.files import Unreadable, read_regular
 from textrec.model.backbones import VGG_CHANNELS
 from textrec.train import TrainCallbacks, TrainConfig, TrainStart
 from textrec.train import train as run_training
@@ -79,8 +80,10 @@ def _interrupt(signum, frame):
 def _merge_config_file(ctx: typer.Context, values: dict, path: Path) -> dict:
     """Values from a TOML recipe for every option not given on the command line."""
     try:
-        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        recipe = tomllib.loads(read_regular(path, 1 << 20).decode("utf-8"))
+    except Unreadable as exc:
+        fail(f"{path}: cannot read the config file ({exc.reason})")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         fail(f"{path}: cannot read the config file ({exc})")
     recipe = {key.replace("-", "_"): value for key, value in recipe.items()}
     unknown = sorted(set(recipe) - set(values))
@@ -129,6 +132,10 @@ def train(
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."
     ),
+    accept_changes: bool = typer.Option(
+        False, "--accept-changes",
+        help="Resume even though data, batch size, learning rate, ... differ from the run's; the new values apply from here on.",
+    ),
 ) -> None:
     """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
     values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
@@ -142,7 +149,10 @@ def train(
     values["refine_gates"] = [g.strip() for g in gates.split(",") if g.strip()] if isinstance(gates, str) else list(gates or [])
     widths = values.pop("channels")
     if isinstance(widths, str):
-        widths = tuple(int(c) for c in widths.split(","))
+        try:
+            widths = tuple(int(c) for c in widths.split(","))
+        except ValueError:
+            fail(f"--channels {widths!r}: give seven comma-separated whole numbers, e.g. 64,128,256,256,512,512,512")
     train_config = TrainConfig(
         **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
            "synth_fonts": [str(p) for p in values["synth_fonts"]],

@@ -20,33 +20,25 @@ from pathlib import Path
 
 import lmdb
 import pytest
-import torch
 from PIL import Image
 
 from cliutil import assert_one_clear_line, error_lines, invoke
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.charset import Charset
-from textrec.checkpoint import Checkpoint, save_checkpoint
 from textrec.data.images import Preprocess, open_image, to_tensor
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.data.training import Collate, TrainingSamples, open_sources
 from textrec.errors import DataError, RecordError
 from textrec.evaluate import evaluate_dataset
-from textrec.model import CRNN, CRNNConfig
 from textrec.predict import Recognizer
 
-from test_train import TINY
+from test_train import TINY, save_untrained_tiny
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model: these tests check behaviour, not accuracy."""
-    torch.manual_seed(0)
-    charset = Charset.from_spec("36")
-    config = CRNNConfig(num_classes=charset.num_classes, rnn="lstm", refine="mul", **TINY)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(path, Checkpoint(config, charset, Preprocess(), CRNN(config).state_dict()))
-    return path
+    return save_untrained_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 # --- crafted bytes -------------------------------------------------------------------------------

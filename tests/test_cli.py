@@ -18,11 +18,9 @@ from cli.main import app
 from cliutil import assert_one_clear_line
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.checkpoint import load_checkpoint
-from textrec.data.images import open_image
 from textrec.data.lmdb_store import LmdbDataset
-from textrec.decode import Decoded
 from textrec.metrics import normalize_for_eval, normalized_edit_similarity
-from textrec.predict import Recognizer
+from textrec.predict import Reading, Recognizer
 
 from test_train import TINY, WORDS
 
@@ -33,9 +31,9 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def read_files(checkpoint: Path, paths: list[Path]) -> list[Decoded]:
+def read_files(checkpoint: Path, paths: list[Path]) -> list[Reading]:
     """What the library reads in these files, as one batch in this order: how `predict` batches up to 32 files."""
-    return Recognizer.from_checkpoint(checkpoint, device="cpu").recognize([open_image(p) for p in paths])
+    return Recognizer.from_checkpoint(checkpoint, device="cpu").read(paths)
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +132,13 @@ def test_predict_files_folders_globs_and_json(trained):
     result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", "--json", trained / "images")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.output.splitlines()]
-    assert all(set(r) == {"image", "text", "confidence"} for r in records)
+    assert all(set(r) == {"image", "text", "confidence", "rotation"} for r in records)
     paths = [Path(r["image"]) for r in records]
     assert paths == sorted((trained / "images").iterdir())  # every image of the folder, in name order
     expected = read_files(checkpoint, paths)
-    assert [(r["text"], r["confidence"]) for r in records] == [(e.text, round(e.confidence, 4)) for e in expected]
+    assert [(r["text"], r["confidence"], r["rotation"]) for r in records] == [
+        (e.text, round(e.confidence, 4), e.rotation) for e in expected
+    ]
 
     result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", str(trained / "images" / "d*.png"))
     assert result.exit_code == 0, result.output
@@ -161,24 +161,24 @@ def test_predict_reports_bad_files_and_still_answers_good_ones(trained, tmp_path
 
 
 def test_predict_without_checkpoint_or_model(tmp_path, monkeypatch):
-    import cli.defaults
+    import textrec.checkpoint
 
-    monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
+    monkeypatch.setattr(textrec.checkpoint, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
     render_word("a").save(tmp_path / "a.png")
     monkeypatch.delenv("TEXTREC_CHECKPOINT", raising=False)
     result = invoke("predict", tmp_path / "a.png")
-    assert result.exit_code == 1 and "no --checkpoint given" in result.output
+    assert result.exit_code == 1 and "no checkpoint named" in result.output
 
 
 def test_checkpoint_from_the_environment(trained, tmp_path, monkeypatch):
     """An install outside the source tree names its model with TEXTREC_CHECKPOINT: the same reading as --checkpoint."""
-    import cli.defaults
+    import textrec.checkpoint
 
     checkpoint = trained / "run" / "best.safetensors"
     door = trained / "images" / "door.png"
     named = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", door)
     assert named.exit_code == 0, named.output
-    monkeypatch.setattr(cli.defaults, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
+    monkeypatch.setattr(textrec.checkpoint, "SHIPPED_CHECKPOINT", tmp_path / "none.safetensors")
     monkeypatch.setenv("TEXTREC_CHECKPOINT", str(checkpoint))
     result = invoke("predict", "--device", "cpu", door)
     assert result.exit_code == 0, result.output

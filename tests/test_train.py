@@ -7,6 +7,7 @@ hold on every kernel path; none asserts the exact outcome of a run.
 
 import json
 import re
+from pathlib import Path
 from statistics import mean
 
 import pytest
@@ -18,6 +19,22 @@ from textrec.train import TrainCallbacks, TrainConfig, train
 
 WORDS = ["cat", "door", "42", "gate", "lstm", "text"]
 TINY = dict(channels=(16, 32, 48, 48, 64, 64, 64), hidden_size=48)
+
+
+def save_untrained_tiny(path: Path) -> Path:
+    """An untrained tiny model (seed 0, 36 characters, refined LSTM) for tests of behaviour, not accuracy."""
+    import torch
+
+    from textrec.charset import Charset
+    from textrec.checkpoint import Checkpoint, save_checkpoint
+    from textrec.data.images import Preprocess
+    from textrec.model import CRNN, CRNNConfig
+
+    torch.manual_seed(0)
+    charset = Charset.from_spec("36")
+    config = CRNNConfig(num_classes=charset.num_classes, rnn="lstm", refine="mul", **TINY)
+    save_checkpoint(path, Checkpoint(config, charset, Preprocess(), CRNN(config).state_dict()))
+    return path
 
 
 class Recorder(TrainCallbacks):

@@ -44,11 +44,15 @@ class Charset:
             return cls(PRESETS[spec])
         if spec.startswith("file:"):
             path = spec[5:]
+            from .files import Unreadable, read_regular
+
             try:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read().rstrip("\n")
-            except OSError as exc:
-                raise LabelError(f"charset file {path}: {exc.strerror or exc}") from None
+                text = read_regular(path, 1 << 20).decode("utf-8")
+                text = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")  # as universal newlines read it
+            except Unreadable as exc:
+                raise LabelError(f"charset file {path}: {exc.reason}") from None
+            except UnicodeDecodeError as exc:
+                raise LabelError(f"charset file {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             return cls(text)
         return cls(spec)
 

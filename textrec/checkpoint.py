@@ -8,7 +8,9 @@ a torch file loaded with `weights_only=True`, which refuses pickled code.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -19,12 +21,19 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
+
+try:  # safetensors imports numpy.ctypeslib lazily at its first save, and numpy's C code clears any exception
+    import numpy.ctypeslib  # noqa: F401  raised during that import: a Ctrl-C landing there was lost. So: up front.
+except ImportError:
+    pass
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .charset import Charset
+from .confidence import Calibration
 from .data.images import Preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, LabelError, OutputError
+from .files import Unreadable, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 
 FORMAT = "textrec-crnn"
@@ -43,6 +52,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     source: str = "checkpoint"  # how messages name it: the file it was loaded from
+    # The confidence mapping fitted by `textrec calibrate` (metadata key "calibration"); None: raw path probability.
+    calibration: Calibration | None = None
 
     def build_model(self) -> CRNN:
         model = CRNN(self.model_config)
@@ -56,29 +67,36 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     A crash at any moment leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-    try:
+    temp = None
+    try:  # one block from the temporary file's creation on, so that an interrupt anywhere removes it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if temp is not None:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError):  # no space, quota, file-size limit, I/O error: one line naming the file
+            raise OutputError(f"{path}: cannot write ({os_reason(exc)}); the previous file, if any, is unchanged") from None
         raise
     # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: written, but its folder could not be synced ({os_reason(exc)})") from None
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
@@ -90,6 +108,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "preprocess": json.dumps(checkpoint.preprocess.to_dict()),
         "info": json.dumps(checkpoint.info),
     }
+    if checkpoint.calibration is not None:  # optional: older readers ignore the key
+        metadata["calibration"] = json.dumps(checkpoint.calibration.to_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
     data = save_safetensors_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(data))
@@ -115,18 +135,33 @@ def _pickle_hint(raw: bytes) -> str:
     return ""
 
 
+# The shipped model: `checkpoints/default.safetensors` of the source tree (the Makefile's editable install).
+# A copy installed elsewhere names its model through this variable instead.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.safetensors"
+CHECKPOINT_ENV = "TEXTREC_CHECKPOINT"
+
+
+def shipped_checkpoint() -> Path:
+    """The model to use when none is named: $TEXTREC_CHECKPOINT, else the shipped one; CheckpointError if neither."""
+    named = os.environ.get(CHECKPOINT_ENV)
+    if named:
+        return Path(named)
+    if SHIPPED_CHECKPOINT.is_file():
+        return SHIPPED_CHECKPOINT
+    raise CheckpointError(
+        f"no checkpoint named, {CHECKPOINT_ENV} not set, and no shipped model at {SHIPPED_CHECKPOINT}"
+    )
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a textrec model checkpoint; CheckpointError says what is wrong with it."""
     path = Path(path)
     where = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: checkpoint file not found") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{where}: is a folder, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        raw = read_regular(path, _MAX_CHECKPOINT_BYTES)  # never blocks on a FIFO, never reads a device
+    except Unreadable as exc:
+        reason = {"missing": "checkpoint file not found", "folder": "is a folder, not a checkpoint file"}
+        raise CheckpointError(f"{where}: {reason.get(exc.kind, exc.reason)}") from None
     metadata = _read_metadata(raw, where)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{where}: safetensors file without textrec metadata (format={metadata.get('format')!r})")
@@ -140,8 +175,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         charset = Charset(metadata["charset"])
         preprocess = Preprocess.from_dict(json.loads(metadata["preprocess"]))
         info = json.loads(metadata.get("info", "{}"))
-    except (KeyError, TypeError, ValueError) as exc:
+        calibration = Calibration.from_dict(json.loads(metadata["calibration"])) if "calibration" in metadata else None
+    except (KeyError, TypeError, ValueError, LabelError) as exc:
         raise CheckpointError(f"{where}: checkpoint metadata is incomplete or invalid ({exc})") from None
+    _check_metadata(where, model_config, preprocess, info)
     if model_config.num_classes != charset.num_classes:
         raise CheckpointError(
             f"{where}: model has {model_config.num_classes} output classes but the charset needs {charset.num_classes}"
@@ -150,22 +187,93 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state_dict = load_safetensors_bytes(raw)
     except (SafetensorError, ValueError) as exc:
         raise CheckpointError(f"{where}: corrupt weights ({exc})") from None
-    return Checkpoint(model_config, charset, preprocess, state_dict, info, source=where)
+    _check_weights(where, model_config, state_dict)
+    return Checkpoint(model_config, charset, preprocess, state_dict, info, source=where, calibration=calibration)
+
+
+# Bounds on what a checkpoint's metadata may ask for: every size in a file is untrusted, and is checked
+# before anything is allocated from it (a crafted hidden size would otherwise allocate terabytes).
+_MAX_CHECKPOINT_BYTES = 4 << 30
+_PREPROCESS_BOUNDS = {"height": (32, 1024), "width": (8, 8192)}  # 32: the VGG's four halvings and 2x2 conv
+_MODEL_BOUNDS = {"hidden_size": (1, 8192), "num_layers": (1, 16), "num_classes": (2, 1 << 20), "in_channels": (1, 1)}
+_MAX_CHANNELS = 8192
+
+
+def _bad_int(value, low: int, high: int) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
+
+
+def _bad_number(value) -> bool:
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+
+
+def _check_metadata(where: str, model_config: CRNNConfig, preprocess: Preprocess, info) -> None:
+    """Sizes and values of the metadata within bounds; CheckpointError names the field."""
+    problems = []
+    for name, (low, high) in _PREPROCESS_BOUNDS.items():
+        value = getattr(preprocess, name)
+        if _bad_int(value, low, high):
+            problems.append(f"preprocess.{name} = {value!r} (expected {low} to {high})")
+    for name in ("mean", "std"):
+        value = getattr(preprocess, name)
+        if _bad_number(value) or (name == "std" and value <= 0):
+            problems.append(f"preprocess.{name} = {value!r} (expected a finite number{', above 0' if name == 'std' else ''})")
+    for name in ("keep_ratio", "dynamic_width"):
+        if not isinstance(getattr(preprocess, name), bool):
+            problems.append(f"preprocess.{name} = {getattr(preprocess, name)!r} (expected true or false)")
+    for name, (low, high) in _MODEL_BOUNDS.items():
+        value = getattr(model_config, name)
+        if _bad_int(value, low, high):
+            problems.append(f"model.{name} = {value!r} (expected {low} to {high})")
+    channels = model_config.channels
+    if not isinstance(channels, tuple) or len(channels) != 7 or any(_bad_int(c, 1, _MAX_CHANNELS) for c in channels):
+        problems.append(f"model.channels = {list(channels) if isinstance(channels, tuple) else channels!r} "
+                        f"(expected 7 widths of 1 to {_MAX_CHANNELS})")
+    if _bad_number(model_config.dropout) or not 0 <= model_config.dropout < 1:
+        problems.append(f"model.dropout = {model_config.dropout!r} (expected 0 <= dropout < 1)")
+    if _bad_number(model_config.forget_bias):
+        problems.append(f"model.forget_bias = {model_config.forget_bias!r} (expected a finite number)")
+    if not isinstance(info, dict):
+        problems.append(f"info is {type(info).__name__} (expected an object)")
+    if problems:
+        raise CheckpointError(f"{where}: checkpoint metadata out of bounds: {'; '.join(problems)}")
+
+
+def _check_weights(where: str, model_config: CRNNConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """The weights are the ones the metadata describes (checked on the meta device: nothing is allocated)
+    and hold only finite numbers."""
+    try:
+        with torch.device("meta"):
+            expected = CRNN(model_config).state_dict()
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: checkpoint metadata is incomplete or invalid (model: {exc})") from None
+    problem = _weights_mismatch(expected, state_dict)
+    if problem:
+        raise CheckpointError(f"{where}: weights do not fit this architecture ({problem})")
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise CheckpointError(f"{where}: weights hold non-finite values (NaN or infinity) in {shown}; the model is unusable")
+
+
+def _weights_mismatch(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) -> str | None:
+    """Which tensors are missing, unexpected or of another shape; None when they fit."""
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("different shape", reshaped)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts) or None
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
     """Load weights strictly; a mismatch becomes one line saying which tensors differ."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or reshaped:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("different shape", reshaped)):
-            if keys:
-                shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-                parts.append(f"{label}: {shown}")
-        raise CheckpointError(f"{where}: weights do not fit this architecture ({'; '.join(parts)})")
+    problem = _weights_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise CheckpointError(f"{where}: weights do not fit this architecture ({problem})")
     model.load_state_dict(state_dict)
 
 
@@ -189,7 +297,9 @@ def remove_temp_files(folder: str | Path) -> list[Path]:
 
 def save_state(path: str | Path, state: dict) -> None:
     """Save training state (tensors, numbers, strings, containers) atomically with torch.save."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    buffer = io.BytesIO()  # serialised first, so that a failed write is the OSError itself, not torch's wrapping of it
+    torch.save(state, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def _unpickling_detail(exc: Exception) -> str:
@@ -206,11 +316,13 @@ def load_state(path: str | Path) -> dict:
     """Load training state with `weights_only=True`: a file that would run code is refused."""
     where = str(path)
     try:
+        raw = read_regular(path, 3 * _MAX_CHECKPOINT_BYTES)  # weights plus optimizer moments
+    except Unreadable as exc:
+        raise CheckpointError(f"{where}: {'training state not found' if exc.kind == 'missing' else exc.reason}") from None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols; errors are reported below
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: training state not found") from None
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{where}: refused, not plain training state ({_unpickling_detail(exc)}); "

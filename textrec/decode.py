@@ -15,17 +15,26 @@ class Decoded:
     text: str
     # Probability of the greedy (best) path: the product of the per-frame maximum probabilities.
     confidence: float
+    # Its natural logarithm where the decoder kept it (long paths underflow the product to 0); None: ln(confidence).
+    log_confidence: float | None = None
+
+    @property
+    def log_score(self) -> float:
+        """ln of the confidence, from `log_confidence` when the decoder kept it (what textrec.confidence maps)."""
+        if self.log_confidence is not None:
+            return self.log_confidence
+        return math.log(self.confidence) if self.confidence > 0 else (-math.inf if self.confidence == 0 else math.nan)
 
 
 def greedy_decode(log_probs: torch.Tensor, charset: Charset) -> list[Decoded]:
     """Best-path decoding of (T, B, C) log-probabilities: argmax per frame, merge repeats, drop blanks."""
     best_log_prob, best = log_probs.detach().max(dim=2)  # (T, B)
-    confidences = best_log_prob.sum(dim=0).exp().tolist()
+    log_confidences = best_log_prob.sum(dim=0).tolist()
     best = best.t().tolist()  # (B, T)
     results = []
-    for path, confidence in zip(best, confidences):
+    for path, log_confidence in zip(best, log_confidences):
         kept = [k for i, k in enumerate(path) if k != 0 and (i == 0 or k != path[i - 1])]
-        results.append(Decoded(charset.decode(kept), float(confidence)))
+        results.append(Decoded(charset.decode(kept), math.exp(log_confidence), float(log_confidence)))
     return results
 
 

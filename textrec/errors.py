@@ -42,3 +42,12 @@ class BenchmarkNotFoundError(DataError):
 
 class TrainingError(TextrecError):
     """Training cannot go on (for example, repeated non-finite losses)."""
+
+
+class ConfigError(TextrecError):
+    """An option value is invalid (not a number, out of range) or cannot be met here (no CUDA device)."""
+
+
+class OutputError(TextrecError):
+    """An output cannot be written (no space, permission, read-only file system, not a folder, ...),
+    or would overwrite something the command did not make."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from .checkpoint import atomic_write
 from .data.lmdb_store import LmdbDataset
 from .errors import DataError
+from .files import Unreadable, read_regular
 from .metrics import Score, normalize_for_eval
 from .predict import Recognizer
 
@@ -50,7 +55,11 @@ def evaluate_dataset(
         start = time.perf_counter()
         decoded = recognizer.recognize(images, batch_size)
         seconds += time.perf_counter() - start
-        for result, label in zip(decoded, labels):
+        for result, (label, where) in zip(decoded, labels):
+            if not math.isfinite(result.confidence):  # broken weights: no reading, counted wrong and listed
+                failed.append(f"{where}: the model's output is not finite (NaN or infinity)")
+                score.add_failure()
+                continue
             score.add(normalize_for_eval(result.text, protocol), label)
         images.clear()
         labels.clear()
@@ -73,7 +82,7 @@ def evaluate_dataset(
             score.add_failure()
             continue
         images.append(image)
-        labels.append(label)
+        labels.append((label, dataset.where(index)))
         if len(images) >= batch_size:
             run_batch()
         if on_progress:
@@ -113,3 +122,23 @@ def combine(results: list[BenchmarkResult], name: str = "total") -> BenchmarkRes
         failed=[line for r in results for line in r.failed],
         ms_per_image=ms / recognized if recognized else 0.0,
     )
+
+
+# --- the results file (`textrec eval --json`) ------------------------------------------------------------
+
+_RESULT_KEYS = {"name", "samples", "accuracy", "ned"}
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether `path` holds results as `save_results` writes them: eval may replace its own output."""
+    try:
+        data = json.loads(read_regular(path, 64 << 20))
+    except (Unreadable, ValueError):
+        return False
+    return isinstance(data, list) and all(isinstance(r, dict) and _RESULT_KEYS <= r.keys() for r in data)
+
+
+def save_results(path: str | Path, results: list[BenchmarkResult]) -> None:
+    """Write the results as a JSON list, atomically (OutputError names the file if it cannot be written)."""
+    text = json.dumps([r.to_dict() for r in results], indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

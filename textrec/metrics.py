@@ -66,3 +66,47 @@ class Score:
     def ned(self) -> float:
         """Mean 1 - NED in [0, 1]."""
         return self.similarity / self.samples if self.samples else 0.0
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One confidence bin: [low, high), how many reads fell in it, their mean confidence and the share right."""
+
+    low: float
+    high: float
+    count: int
+    confidence: float
+    accuracy: float
+
+
+def reliability_bins(confidences: list[float], correct: list[bool], bins: int = 10) -> list[ReliabilityBin]:
+    """Reads grouped by confidence into `bins` equal-width bins over [0, 1] (1.0 goes into the last); empty bins
+    are left out. Non-finite confidences are not allowed (ValueError)."""
+    if len(confidences) != len(correct):
+        raise ValueError("confidences and correct differ in length")
+    grouped: dict[int, list[tuple[float, bool]]] = {}
+    for confidence, right in zip(confidences, correct):
+        if not 0.0 <= confidence <= 1.0:  # also refuses NaN
+            raise ValueError(f"confidence {confidence!r} outside [0, 1]")
+        grouped.setdefault(min(int(confidence * bins), bins - 1), []).append((confidence, bool(right)))
+    return [
+        ReliabilityBin(
+            low=index / bins,
+            high=(index + 1) / bins,
+            count=len(members),
+            confidence=sum(c for c, _ in members) / len(members),
+            accuracy=sum(r for _, r in members) / len(members),
+        )
+        for index, members in sorted(grouped.items())
+    ]
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 10) -> float:
+    """ECE: the read-weighted mean, over equal-width confidence bins, of |share right - mean confidence|.
+
+    0 means that among reads with confidence near c, a fraction c is right; it is in [0, 1].
+    """
+    total = len(confidences)
+    if total == 0:
+        return 0.0
+    return sum(b.count * abs(b.accuracy - b.confidence) for b in reliability_bins(confidences, correct, bins)) / total

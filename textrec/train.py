@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -39,8 +40,9 @@ from .checkpoint import (
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
 from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
+from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 from .model.backbones import VGG_CHANNELS
 from .predict import Recognizer, resolve_device
@@ -52,6 +54,16 @@ ARCHITECTURE_KEYS = (
     "rnn", "refine", "refine_gates", "refine_init", "refine_bound", "forget_bias", "input_map",
     "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio",
 )
+# Options that give the run its meaning: a resumed run keeps them unless told otherwise (--accept-changes).
+# max_steps is not among them (a run is lengthened by resuming it with more steps), nor are the options
+# of where and how fast it runs (device, scene_device, workers, amp), of its logging, or init_from
+# (ignored when resuming).
+RUN_KEYS = (
+    "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
+    "warmup_steps", "grad_clip", "augment", "seed",
+)
+# Files a run writes in its folder: a folder holding none of them, but other files, is not a run.
+RUN_FILES = ("config.json", "resume.pt", "metrics.jsonl", "last.safetensors", "best.safetensors")
 
 
 @dataclass
@@ -98,6 +110,8 @@ class TrainConfig:
     init_from: str | None = None
     # Where the batched image stage runs: "auto" (the training device) or "cpu" (e.g. to spare GPU memory).
     scene_device: str = "auto"
+    # Resume even though RUN_KEYS differ from the saved run's (the new values apply from here on).
+    accept_changes: bool = False
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -164,6 +178,47 @@ class TrainCallbacks:
         (gate statistics in benchmarks/refine_ablation.py). It must not change the model."""
 
 
+_INT_BOUNDS = {
+    "max_steps": (1, 10**12), "batch_size": (1, 1 << 20), "warmup_steps": (0, 10**12), "hidden_size": (1, 8192),
+    "height": (32, 1024), "width": (8, 8192), "val_interval": (1, 10**12), "log_interval": (1, 10**12),
+    "save_interval": (1, 10**12), "workers": (0, 1024), "max_bad_steps": (1, 10**12), "seed": (-(2**63), 2**64 - 1),
+}
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every value within bounds before anything is built (values may come from a TOML file): ConfigError names it."""
+
+    def bad(name: str, value, expected: str) -> ConfigError:
+        return ConfigError(f"--{name.replace('_', '-')} must be {expected} (got {value!r})")
+
+    for name, (low, high) in _INT_BOUNDS.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise bad(name, value, f"a whole number from {low:,} to {high:,}")
+    reals = {"lr": "a finite number above 0", "grad_clip": "a finite number above 0",
+             "weight_decay": "a finite number, 0 or more", "forget_bias": "a finite number",
+             "dropout": "a number from 0 up to (not including) 1"}
+    for name, expected in reals.items():
+        value = getattr(config, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or (name in ("lr", "grad_clip") and value <= 0) or (name == "weight_decay" and value < 0) \
+                or (name == "dropout" and not 0 <= value < 1):
+            raise bad(name, value, expected)
+    samples = config.val_max_samples
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
+        raise bad("val_max_samples", samples, "a whole number of at least 1")
+    channels = config.channels
+    if len(channels) != 7 or any(not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= 8192 for c in channels):
+        raise bad("channels", list(channels), "seven whole numbers from 1 to 8192")
+    for name in ("train_data", "val_data", "synth_fonts", "refine_gates"):
+        value = getattr(config, name)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad(name, value, "a list of strings")
+    for name in ("augment", "amp", "keep_ratio", "input_map", "accept_changes"):
+        if not isinstance(getattr(config, name), bool):
+            raise bad(name, getattr(config, name), "true or false")
+
+
 def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
     return CRNNConfig(
         num_classes=charset.num_classes,
@@ -228,6 +283,7 @@ class _Run:
         self.nonfinite_steps = 0
         # What the weights learnt before this run (--init-from): samples and the checkpoints they came through.
         self.prior: dict = {"samples_seen": 0, "lineage": []}
+        self.accepted: str | None = None  # the line saying which changed hyper-parameters a resume accepted
         self.val_sets = [(Path(p).name, LmdbDataset(p)) for p in config.val_data]
 
     # --- persistence -------------------------------------------------------------------------
@@ -245,6 +301,12 @@ class _Run:
         return Checkpoint(self.model_config, self.charset, self.preprocess, self.model.state_dict(), info)
 
     def save_resume(self) -> None:
+        # Ctrl-C / SIGTERM wait for the save to end: resume.pt and last.safetensors always match, and the
+        # interrupt is never raised inside library code that could swallow it.
+        with _interrupts_held():
+            self._save_resume()
+
+    def _save_resume(self) -> None:
         state = {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -287,6 +349,22 @@ class _Run:
                 f"{path}: the run in this folder was trained with other options "
                 f"({describe_config_difference(saved, wanted)}); use the same options or another --output"
             )
+        saved_run = {k: state["config"].get(k, defaults[k]) for k in RUN_KEYS}
+        wanted_run = {k: self.config.to_dict()[k] for k in RUN_KEYS}
+        changed = [k for k in RUN_KEYS if saved_run[k] != wanted_run[k]]
+        if changed:
+            difference = describe_config_difference(saved_run, wanted_run)
+            if not self.config.accept_changes:
+                raise CheckpointError(
+                    f"{path}: the run in this folder was trained with other hyper-parameters ({difference}); "
+                    "give the same values, add --accept-changes to go on with the new ones, or use another --output"
+                )
+            self.accepted = f"resuming with changed hyper-parameters (accepted by --accept-changes): {difference}"
+        if not isinstance(state["step"], int) or state["step"] < 0:
+            raise CheckpointError(f"{path}: invalid training state (step = {state['step']!r})")
+        broken = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise CheckpointError(f"{path}: the saved weights hold non-finite values (NaN or infinity) in {broken[0]}")
         load_weights(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -302,6 +380,13 @@ class _Run:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(_as_tuple(state["python_rng"]))
+        if "lr" in changed or "weight_decay" in changed:  # the optimizer and schedule saved them: set the new ones
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group, decay in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0)):
+                group.update(initial_lr=self.config.lr, lr=self.config.lr * factor, weight_decay=decay)
+            self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        if "val_data" in changed or "val_max_samples" in changed:  # another yardstick: "best" starts afresh
+            self.best_accuracy, self.best_ned, self.best_step = None, 0.0, None
 
     def init_from(self, path: str) -> str:
         """Start from a checkpoint's weights; returns a line saying how the charset was mapped."""
@@ -323,18 +408,27 @@ class _Run:
         path = self.output / "metrics.jsonl"
         if not path.exists():
             return
+        try:
+            text = read_regular(path).decode("utf-8", errors="replace")
+        except Unreadable as exc:
+            raise OutputError(f"{path}: cannot read the run's log ({exc.reason})") from None
         kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
-                pass  # a line cut by the kill
+                continue  # a line cut by the kill
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+                kept.append(line)
         atomic_write(path, lambda handle: handle.write("".join(k + "\n" for k in kept).encode()))
 
     def log(self, record: dict) -> None:
-        with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.output / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write ({os_reason(exc)}); the last saved state is in {self.output}") from None
 
     # --- validation --------------------------------------------------------------------------
 
@@ -381,10 +475,40 @@ class _Run:
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """Take the run folder (made if needed; one holding other things is refused), lock it, and train.
+
+        A second process on the same folder is refused while this one holds the lock. A fresh run that
+        fails before its first save removes the files it wrote, and the folder if it made it.
+        """
+        created = make_output_folder(self.output)
+        try:
+            self._check_folder()
+            with RunLock(self.output):
+                before = set(os.listdir(self.output))
+                try:
+                    return self._train()
+                except BaseException:
+                    if not (self.output / "resume.pt").exists():  # nothing to resume: leave nothing behind
+                        for name in set(os.listdir(self.output)) - before - {RunLock.NAME}:
+                            with contextlib.suppress(OSError):
+                                (self.output / name).unlink()
+                    raise
+        finally:
+            if created and not os.listdir(self.output):
+                with contextlib.suppress(OSError):
+                    self.output.rmdir()
+
+    def _check_folder(self) -> None:
+        names = [n for n in os.listdir(self.output) if n != RunLock.NAME and not (n.startswith(".") and n.endswith(".tmp"))]
+        if names and not set(names) & set(RUN_FILES):
+            shown = ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise OutputError(
+                f"{self.output}: the folder holds files that are not a textrec run ({shown}); "
+                "give a new or empty --output"
+            )
+
+    def _train(self) -> TrainResult:
         config = self.config
-        if config.max_steps <= 0:
-            raise TrainingError("--max-steps must be positive")
-        self.output.mkdir(parents=True, exist_ok=True)
         remove_temp_files(self.output)  # half-written files of a run killed while saving
         resumed = self.try_resume()
         initialised = self.init_from(config.init_from) if resumed is None and config.init_from else None
@@ -411,6 +535,10 @@ class _Run:
         )
         if initialised:
             self.callbacks.on_event(initialised)
+        if self.accepted:
+            self.callbacks.on_event(self.accepted)
+        if resumed is not None and resumed >= config.max_steps:
+            self.callbacks.on_event(f"the run is already at step {resumed} (--max-steps {config.max_steps}): nothing to train")
         # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
         scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
         self.finisher = Finisher(
@@ -483,6 +611,7 @@ class _Run:
         except KeyboardInterrupt:
             interrupted = True
             self.save_resume()
+            remove_temp_files(self.output)  # the temporary file of a save the interrupt cut short (the lock is ours)
             self.callbacks.on_event(f"interrupted: state saved at step {self.step}; run the same command to resume")
         if not (self.output / "last.safetensors").exists():
             self.save_resume()
@@ -568,4 +697,5 @@ def _source_info(source, share: float, per_batch: int) -> SourceInfo:
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
     """Train (or resume, when `config.output` holds a run) and return a summary."""
+    check_config(config)
     return _Run(config, callbacks or TrainCallbacks()).run()

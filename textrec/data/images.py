@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import Unreadable, open_regular
 
 # Word crops are small; anything above this many pixels is refused before decoding.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -61,9 +63,10 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     """
     label = name or (str(source) if not isinstance(source, bytes) else "image bytes")
     try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    except OSError as exc:
-        raise DataError(f"{label}: cannot open ({exc.strerror or exc})") from None
+        # A path must be a regular file: a FIFO would block, a device never end, a link loop or dangling link is named.
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
+    except Unreadable as exc:
+        raise DataError(f"{label}: {'cannot open (no such file)' if exc.kind == 'missing' else exc.reason}") from None
     try:
         with handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd metadata (corrupt EXIF): not a problem to report
@@ -93,8 +96,66 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise DataError(f"{label}: corrupt or truncated image ({exc})") from None
 
 
+def as_grayscale(source, name: str | None = None) -> Image.Image:
+    """A grayscale ("L") image from whatever a user hands the Python API.
+
+    - a path (str or os.PathLike) or encoded bytes: decoded by `open_image` (size guard, EXIF orientation);
+    - a Pillow image of any mode, used as it is (no EXIF rotation: the pixels you pass are the pixels read);
+    - a numpy array (or anything `numpy.asarray` takes): H x W gray, H x W x 3 RGB or H x W x 4 RGBA (OpenCV's
+      arrays are BGR: pass `image[..., ::-1]`), of uint8, bool, integers within 0-255 or floats within 0-1.
+
+    Transparency is composited onto a background that contrasts with the ink (`composite_transparent`).
+    DataError names the image (`name`) when it cannot be used; TypeError for a type that is none of these.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return open_image(Path(source), name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return open_image(bytes(source), name or "image bytes")
+    label = name or "image"
+    if isinstance(source, Image.Image):
+        width, height = source.size
+        if width <= 0 or height <= 0:
+            raise DataError(f"{label}: image has zero size ({width}x{height})")
+        try:
+            return to_grayscale(source)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{label}: cannot convert the {source.mode} image to grayscale ({exc})") from None
+    if hasattr(source, "__array__") or hasattr(source, "__array_interface__"):
+        return to_grayscale(_array_to_image(source, label))
+    raise TypeError(
+        f"{label}: cannot read a {type(source).__name__}; give a path, image bytes, a Pillow image or a numpy array"
+    )
+
+
+def _array_to_image(source, label: str) -> Image.Image:
+    import numpy as np
+
+    array = np.asarray(source)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DataError(
+            f"{label}: array of shape {tuple(array.shape)}; expected H x W (gray), H x W x 3 (RGB) or H x W x 4 (RGBA)"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{label}: image has zero size ({array.shape[1]}x{array.shape[0]})")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise DataError(f"{label}: float array outside 0-1 (or not finite); scale it to 0-1 or convert it to uint8")
+        array = np.rint(array * 255).astype(np.uint8)
+    elif array.dtype.kind in "ui":
+        if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
+            raise DataError(f"{label}: {array.dtype} array with values outside 0-255; convert it to uint8")
+        array = array.astype(np.uint8, copy=False)
+    else:
+        raise DataError(f"{label}: array of dtype {array.dtype}; expected uint8, bool, integers or floats")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
 def to_grayscale(image: Image.Image) -> Image.Image:
-    """Grayscale of any Pillow mode; transparency is composited onto white."""
+    """Grayscale of any Pillow mode; transparency is composited onto a contrasting background (see `composite_transparent`)."""
     if image.mode == "L":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -107,11 +168,30 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         low, high = image.getextrema()
         scale = 255.0 / (high - low) if high > low else 0.0
         return image.point(lambda v: (v - low) * scale).convert("L")
-    if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in image.info:
+        return composite_transparent(image.convert("RGBA"))
     return image.convert("RGB").convert("L")
+
+
+def composite_transparent(rgba: Image.Image) -> Image.Image:
+    """Grayscale of an RGBA image, its transparency composited onto a background that contrasts with what is drawn.
+
+    What is drawn is the pixels at least half opaque (else any not fully transparent); if their mean gray is dark,
+    the background is white, otherwise black: black text on a transparent PNG reads as black on white, white text
+    as white on black (both are read, as in photos). An opaque image is unchanged.
+    """
+    alpha = rgba.getchannel("A")
+    low, _ = alpha.getextrema()
+    gray = rgba.convert("RGB").convert("L")
+    if low == 255:
+        return gray
+    drawn = alpha.point(lambda a: 255 if a >= 128 else 0)
+    if drawn.getbbox() is None:
+        drawn = alpha.point(lambda a: 255 if a > 0 else 0)
+    ink = ImageStat.Stat(gray, mask=drawn).mean[0] if drawn.getbbox() is not None else 0.0
+    shade = 255 if ink < 128 else 0
+    background = Image.new("L", rgba.size, shade)
+    return Image.composite(gray, background, alpha)
 
 
 def input_width(image: Image.Image, preprocess: Preprocess) -> int:

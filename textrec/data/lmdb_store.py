@@ -6,16 +6,23 @@ Keys: `num-samples` (decimal count), `image-%09d` (encoded image bytes) and
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
+import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import lmdb
 
-from ..errors import DataError, RecordError
+from ..errors import DataError, OutputError, RecordError
+from ..files import Unreadable, check_output_parent, os_reason, read_regular
 from .images import open_image
+
+# An image file larger than this is not a word crop; it is refused before being read.
+MAX_IMAGE_FILE_BYTES = 256 << 20
 
 NUM_SAMPLES_KEY = b"num-samples"
 
@@ -84,6 +91,16 @@ class LmdbWriter:
             self.abort()
 
 
+def check_staging_folder(path: str | Path) -> None:
+    """Refuse a staging path (`OUTPUT.partial`, which a writer removes as its own stale leftover) that holds
+    anything but an LMDB's own files: it would be someone's folder."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir() or set(os.listdir(path)) - {"data.mdb", "lock.mdb"}:
+        raise OutputError(f"{path}: exists and is not a staging LMDB of textrec (it would be replaced); move it away")
+
+
 # lmdb allows one environment per file and process: readers of the same folder share it.
 # The key includes the data file's inode, so a folder rewritten in place gets a fresh environment.
 _READONLY_ENVS: dict[tuple[int, str, int], lmdb.Environment] = {}
@@ -143,6 +160,14 @@ class LmdbDataset:
             raise DataError(f"{self.path}: 'num-samples' is not a number ({raw[:20]!r})") from None
         if self.num_samples < 0:
             raise DataError(f"{self.path}: 'num-samples' is negative ({self.num_samples})")
+        # The count is untrusted: checked against what the file holds before anything loops over it.
+        # Every record takes at least one key, so a count above the number of keys is corrupt.
+        entries = self._env.stat()["entries"]
+        if self.num_samples > entries:
+            raise DataError(
+                f"{self.path}: 'num-samples' is {self.num_samples:,} but the LMDB holds only {entries:,} keys "
+                "(a corrupt count; nothing was read)"
+            )
 
     def _txn(self):
         if self._opened_as != (os.getpid(), _generation):
@@ -213,14 +238,45 @@ class CreateReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
 
 
+# A gt file is read whole; a larger one is surely not a gt file (DTRB's largest is a few hundred MB).
+MAX_GT_BYTES = 4 << 30
+# Characters a label must not hold: the gt format's separators and anything invisible that breaks lines.
+_LABEL_BREAKERS = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
 def read_gt_file(gt_file: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line bytes) of a gt file; parsing is the caller's, so bad lines can be reported."""
+    """(1-based line number, raw UTF-8 line bytes) of a gt file; parsing is the caller's, so bad lines can be reported.
+
+    A UTF-8 byte-order mark is dropped; a UTF-16 file (with its byte-order mark) is read as such.
+    """
     try:
-        raw = gt_file.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{gt_file}: cannot read ({exc.strerror or exc})") from None
+        raw = read_regular(gt_file, MAX_GT_BYTES)
+    except Unreadable as exc:
+        raise DataError(f"{gt_file}: cannot read the gt file ({exc.reason})") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{gt_file}: starts with a UTF-16 byte-order mark but is not valid UTF-16 ({exc.reason})") from None
     for number, line in enumerate(raw.splitlines(), start=1):
         yield number, line
+
+
+def label_problem(label: str) -> str | None:
+    """Why a label cannot be stored (a tab, a control character, a line break), or None."""
+    if "\t" in label:
+        return "label holds a tab (only one tab may separate the image path from the label)"
+    for char in label:
+        kind = _LABEL_BREAKERS.get(unicodedata.category(char))
+        if kind:
+            return f"label holds {kind} (U+{ord(char):04X})"
+    return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def create_lmdb(
@@ -229,38 +285,47 @@ def create_lmdb(
     root: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[int, str], None] | None = None,
+    allow_outside_root: bool = False,
 ) -> CreateReport:
     """Build an LMDB from a gt file of `image-path<TAB>label` lines.
 
-    Paths are relative to the gt file's folder unless `root` is given. Every image is
-    decoded to check it; bad lines are skipped and reported through `on_skip(line, reason)`.
-    The output is written to a temporary folder and renamed into place when complete.
+    Paths are relative to the gt file's folder unless `root` is given; a path that resolves outside
+    that folder (`..`, an absolute path, a symbolic link) is refused unless `allow_outside_root`.
+    Every image is decoded to check it; bad lines (unreadable image, special file, label with a tab or
+    a control character, ...) are skipped and reported through `on_skip(line, reason)`.
+    The output is written to a temporary sibling folder and renamed into place when complete; when
+    nothing could be written, or on any failure, nothing is left behind (DataError for no samples).
     """
     gt_path = Path(gt_file)
     base = Path(root) if root is not None else gt_path.parent
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise DataError(f"{output}: output exists and is not an empty folder")
+    if not base.is_dir():
+        raise DataError(f"{base}: the root folder of the image paths does not exist or is not a folder")
+    check_output_parent(output)
     lines = list(read_gt_file(gt_path))
+    base_real = os.path.realpath(base)
     report = CreateReport()
-    staging = output.with_name(output.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
 
     def skip(number: int, reason: str) -> None:
         report.skipped.append((number, reason))
         if on_skip:
             on_skip(number, reason)
 
+    created = _make_parents(output.parent)
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
         with LmdbWriter(staging) as writer:
             for done, (number, raw) in enumerate(lines, start=1):
                 if on_progress:
                     on_progress(done, len(lines))
                 try:
                     line = raw.decode("utf-8").rstrip("\r")
-                except UnicodeDecodeError:
-                    skip(number, "line is not valid UTF-8")
+                except UnicodeDecodeError as exc:
+                    skip(number, f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
+                                 "is the file in another encoding?)")
                     continue
                 if not line.strip():
                     continue  # blank lines are not samples
@@ -271,11 +336,22 @@ def create_lmdb(
                 if not label:
                     skip(number, "empty label")
                     continue
+                problem = label_problem(label)
+                if problem:
+                    skip(number, problem)
+                    continue
+                if not rel:
+                    skip(number, "empty image path")
+                    continue
                 image_path = base / rel
+                if not allow_outside_root and not _inside(os.path.realpath(image_path), base_real):
+                    skip(number, f"{image_path}: resolves outside the root folder {base} "
+                                 f"(to {os.path.realpath(image_path)}); allow it with --allow-outside-root")
+                    continue
                 try:
-                    data = image_path.read_bytes()
-                except OSError as exc:
-                    skip(number, f"{image_path}: cannot read ({exc.strerror or exc})")
+                    data = read_regular(image_path, MAX_IMAGE_FILE_BYTES)
+                except Unreadable as exc:
+                    skip(number, f"{image_path}: {exc.reason}")
                     continue
                 try:
                     open_image(data, str(image_path))
@@ -284,10 +360,35 @@ def create_lmdb(
                     continue
                 writer.add(data, label)
         report.written = writer.count
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if report.written == 0:
+            first = f" (line {report.skipped[0][0]}: {report.skipped[0][1]})" if report.skipped else ""
+            raise DataError(
+                f"{gt_path}: no sample written, {len(report.skipped)} of {len(lines)} lines skipped{first}; "
+                f"image paths are read relative to {base} (see --root); nothing was created"
+            )
+        if output.exists():
+            output.rmdir()
+        os.rename(staging, output)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{output}: cannot write the LMDB ({os_reason(exc)}); nothing was left behind") from None
+        if isinstance(exc, lmdb.Error):
+            raise OutputError(f"{output}: cannot write the LMDB ({exc}); nothing was left behind") from None
         raise
-    if output.exists():
-        output.rmdir()
-    staging.rename(output)
     return report
+
+
+def _make_parents(folder: Path) -> Path | None:
+    """Create `folder` and missing parents; returns the topmost one created (to remove on failure), or None."""
+    missing = [p for p in [folder, *folder.parents] if not os.path.lexists(p)]
+    if not missing:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder ({os_reason(exc)})") from None
+    return missing[-1]
