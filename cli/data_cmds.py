@@ -24,6 +24,11 @@ def create_lmdb(
     allow_outside_root: bool = typer.Option(
         False, "--allow-outside-root", help="Accept image paths that resolve outside --root (.., absolute paths, links)."
     ),
+    lexicons: bool = typer.Option(
+        False, "--lexicons",
+        help="Every line has a third tab-separated column: the sample's own lexicon as comma-separated words "
+        "(stored as lexicon-%09d, for `eval --lexicon per-sample`).",
+    ),
 ) -> None:
     """Build an LMDB in the deep-text-recognition-benchmark layout, checking every image.
 
@@ -48,8 +53,10 @@ def create_lmdb(
                 progress.console.print("[yellow]further skipped lines are counted below[/]")
 
         report = build_lmdb(
-            gt_file, output_dir, root=root, on_progress=on_progress, on_skip=on_skip, allow_outside_root=allow_outside_root
+            gt_file, output_dir, root=root, on_progress=on_progress, on_skip=on_skip, allow_outside_root=allow_outside_root,
+            lexicons=lexicons,
         )
-    console.print(f"wrote {report.written} samples to {output_dir}; skipped {len(report.skipped)} bad lines")
+    with_lexicons = " with their lexicons" if lexicons else ""
+    console.print(f"wrote {report.written} samples{with_lexicons} to {output_dir}; skipped {len(report.skipped)} bad lines")
     if report.skipped:
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from textrec.export import FORMATS, export_onnx, export_safetensors
+from textrec.export import FORMATS, export_onnx, export_safetensors, output_format
 from textrec.files import check_output_file
 
 from .common import console, fail, user_errors
@@ -16,23 +16,34 @@ from .common import console, fail, user_errors
 @user_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to export (.safetensors)."),
-    output: Path = typer.Argument(..., help="File to write."),
-    export_format: str = typer.Option("safetensors", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    output: Path = typer.Argument(..., help="File to write: .safetensors or .onnx (the suffix picks the format)."),
+    export_format: Optional[str] = typer.Option(
+        None, "--format", help=f"One of: {', '.join(FORMATS)}; needed only when OUTPUT's suffix is neither .safetensors nor .onnx.",
+    ),
     half: bool = typer.Option(False, help="safetensors: store float weights as float16 (half the size)."),
     dynamic_width: Optional[bool] = typer.Option(
         None, "--dynamic-width/--fixed-width",
         help="safetensors: at inference pad each batch only to its widest image, or every image to the model width (default: as the checkpoint).",
     ),
+    int8: bool = typer.Option(
+        False, "--int8",
+        help="onnx: LSTM and matrix-product weights in int8 (onnxruntime's dynamic quantisation: half the size, "
+        "about 1.5x faster on CPU; the shipped model reads IC13_857 at 85.53 % instead of 85.41 %). Needs onnxruntime.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:
-    """Write a checkpoint as float16 safetensors (e.g. to ship it) or as an ONNX graph."""
+    """Write a checkpoint as float16 safetensors (e.g. to ship it) or as an ONNX graph.
+
+    The suffix of OUTPUT picks the format. An ONNX graph (model.onnx) has a dynamic batch and width, and its
+    metadata holds the charset, preprocessing and calibration (docs/deploy.md runs it with onnxruntime)."""
     check_output_file(output, overwrite)
-    if export_format == "safetensors":
-        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width)
-    elif export_format == "onnx":
+    chosen = output_format(output, export_format)
+    if chosen == "onnx":
         if half or dynamic_width is not None:
             fail("--half and --dynamic-width apply to the safetensors format only")
-        export_onnx(checkpoint, output)
+        export_onnx(checkpoint, output, int8=int8)
     else:
-        fail(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")
-    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+        if int8:
+            fail("--int8 applies to the onnx format only")
+        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width)
+    console.print(f"wrote {output} ({chosen}, {output.stat().st_size / 1e6:.1f} MB)")

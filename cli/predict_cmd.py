@@ -13,17 +13,19 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from textrec.decoder import METHODS, PER_SAMPLE
 from textrec.errors import DataError
 from textrec.predict import Recognizer, collect_image_paths
 
 from .common import err_console, fail, user_errors
+from .decoding import check_decoder_options, use_decoder
 from .defaults import CHECKPOINT_ENV, resolve_checkpoint
 
 
 @user_errors
 def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders (searched with their sub-folders) or glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, envvar=CHECKPOINT_ENV, help="Model checkpoint (.safetensors); default: the shipped model."),
+    checkpoint: Optional[Path] = typer.Option(None, envvar=CHECKPOINT_ENV, help="Model checkpoint (.safetensors), or an ONNX graph from `textrec export` (.onnx, run with onnxruntime: faster on CPUs); default: the shipped model."),
     batch_size: int = typer.Option(32, min=1),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     orientation: bool = typer.Option(
@@ -31,6 +33,12 @@ def predict(
         help="Read crops that are upside down or turned by 90 degrees (tall crops) too; --no-orientation reads every crop as it is (faster).",
     ),
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per image (image, text, confidence, rotation)."),
+    decoder: str = typer.Option("greedy", help=f"CTC decoding: {', '.join(METHODS)}."),
+    beam_width: int = typer.Option(10, help="Prefixes kept by --decoder beam."),
+    lexicon: Optional[Path] = typer.Option(
+        None, help="Read only words of this lexicon FILE (one word a line; matched ignoring case and punctuation, "
+        "reported as written there)."
+    ),
 ) -> None:
     """Print `image<TAB>text<TAB>confidence` per image; unreadable images are reported on stderr and the exit code is 1.
 
@@ -39,14 +47,19 @@ def predict(
     split and stored in the checkpoint; a checkpoint without it reports the raw CTC path probability, which is not
     calibrated (docs/model.md, "Confidence"). rotation (--json) is how far the crop was turned, counter-clockwise, to
     read it: 0, 90, 180 or 270. A progress bar shows on stderr when stderr is a terminal and there are more images
-    than one batch.
+    than one batch. With --decoder beam or a --lexicon, the raw score is the probability of the text summed over
+    all its CTC alignments (docs/evaluation.md).
     """
+    check_decoder_options(decoder, beam_width)
+    if lexicon is not None and str(lexicon) == PER_SAMPLE:
+        fail(f"--lexicon {PER_SAMPLE}: only eval has per-sample lexicons (from an LMDB); give predict a lexicon FILE")
     paths, problems = collect_image_paths(images)
     for problem in problems:
         err_console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
     if not paths:
         fail("no images to read")
     recognizer = Recognizer.from_checkpoint(resolve_checkpoint(checkpoint), device=device, orientation=orientation)
+    use_decoder(recognizer, decoder, beam_width, lexicon)
     failures = len(problems)
     with _progress(len(paths), show=err_console.is_terminal and len(paths) > batch_size) as (advance, emit):
         for path, result in recognizer.recognize_files(paths, batch_size=batch_size):

@@ -103,14 +103,14 @@ def test_eval_benchmark_alias_table_and_json(trained):
     assert cells[-2:] == ["0", "0"], cells
 
 
-def test_eval_data_and_total_row(trained, tmp_path):
+def test_eval_data_and_average_row(trained, tmp_path):
     other = write_lmdb(tmp_path / "other", [(png_bytes(render_word("cat")), "CAT"), (png_bytes(render_word("x")), "!!")])
     result = invoke(
         "eval", "--checkpoint", trained / "run" / "best.safetensors", "--benchmark", "IC13_857",
         "--data-root", trained / "data", "--data", other, "--device", "cpu",
     )
     assert result.exit_code == 0, result.output
-    assert "total" in result.output  # sample-weighted last row
+    assert "│ average" in result.output  # sample-weighted last row
     assert "excluded" in result.output
 
 

@@ -35,6 +35,7 @@ from .data.images import Preprocess
 from .errors import CheckpointError, LabelError, OutputError
 from .files import Unreadable, os_reason, read_regular
 from .model import CRNN, CRNNConfig
+from .orientation import OrientationProbe, feature_width
 
 FORMAT = "textrec-crnn"
 FORMAT_VERSION = "1"
@@ -54,6 +55,8 @@ class Checkpoint:
     source: str = "checkpoint"  # how messages name it: the file it was loaded from
     # The confidence mapping fitted by `textrec calibrate` (metadata key "calibration"); None: raw path probability.
     calibration: Calibration | None = None
+    # The orientation probe fitted by `textrec calibrate --orientation-data` (metadata key "orientation").
+    orientation: OrientationProbe | None = None
 
     def build_model(self) -> CRNN:
         model = CRNN(self.model_config)
@@ -110,12 +113,15 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     }
     if checkpoint.calibration is not None:  # optional: older readers ignore the key
         metadata["calibration"] = json.dumps(checkpoint.calibration.to_dict())
+    if checkpoint.orientation is not None:
+        metadata["orientation"] = json.dumps(checkpoint.orientation.to_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
     data = save_safetensors_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def _read_metadata(raw: bytes, where: str) -> dict[str, str]:
+def read_safetensors_metadata(raw: bytes, where: str) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's bytes; CheckpointError when it is not one (or a pickle)."""
     if len(raw) < 8:
         raise CheckpointError(f"{where}: file is too short to be a checkpoint")
     header_len = int.from_bytes(raw[:8], "little")
@@ -162,7 +168,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Unreadable as exc:
         reason = {"missing": "checkpoint file not found", "folder": "is a folder, not a checkpoint file"}
         raise CheckpointError(f"{where}: {reason.get(exc.kind, exc.reason)}") from None
-    metadata = _read_metadata(raw, where)
+    metadata = read_safetensors_metadata(raw, where)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{where}: safetensors file without textrec metadata (format={metadata.get('format')!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
@@ -176,6 +182,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         preprocess = Preprocess.from_dict(json.loads(metadata["preprocess"]))
         info = json.loads(metadata.get("info", "{}"))
         calibration = Calibration.from_dict(json.loads(metadata["calibration"])) if "calibration" in metadata else None
+        orientation = OrientationProbe.from_dict(json.loads(metadata["orientation"])) if "orientation" in metadata else None
     except (KeyError, TypeError, ValueError, LabelError) as exc:
         raise CheckpointError(f"{where}: checkpoint metadata is incomplete or invalid ({exc})") from None
     _check_metadata(where, model_config, preprocess, info)
@@ -188,7 +195,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (SafetensorError, ValueError) as exc:
         raise CheckpointError(f"{where}: corrupt weights ({exc})") from None
     _check_weights(where, model_config, state_dict)
-    return Checkpoint(model_config, charset, preprocess, state_dict, info, source=where, calibration=calibration)
+    if orientation is not None and len(orientation.weight) != feature_width(model_config):
+        raise CheckpointError(
+            f"{where}: the orientation probe has {len(orientation.weight)} weights but this model gives "
+            f"{feature_width(model_config)} features"
+        )
+    return Checkpoint(model_config, charset, preprocess, state_dict, info, source=where, calibration=calibration,
+                      orientation=orientation)
 
 
 # Bounds on what a checkpoint's metadata may ask for: every size in a file is untrusted, and is checked

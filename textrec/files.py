@@ -10,6 +10,7 @@ process dies, however it dies.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fcntl
 import os
@@ -17,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .errors import OutputError, TrainingError
+from .errors import DataError, OutputError, TrainingError
 
 _REASONS = {
     errno.ENOSPC: "no space left on device",
@@ -138,6 +139,23 @@ def read_regular(path: str | Path, max_bytes: int | None = None) -> bytes:
             return handle.read()
         except OSError as exc:
             raise Unreadable("os", f"cannot read ({os_reason(exc)})") from None
+
+
+def read_text_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of a text file as UTF-8: a UTF-8 byte-order mark is dropped, a UTF-16 file (with its byte-order
+    mark) is converted. DataError names the file, as `what` ("the gt file"), when it cannot be read."""
+    try:
+        raw = read_regular(path, max_bytes)
+    except Unreadable as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.reason})") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        return raw[len(codecs.BOM_UTF8):]
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: starts with a UTF-16 byte-order mark but is not valid UTF-16 ({exc.reason})") from None
+    return raw
 
 
 # --- outputs -------------------------------------------------------------------------------------------

@@ -10,19 +10,20 @@ import editdistance
 _NOT_ALNUM_LOWER = re.compile(r"[^0-9a-z]")
 _NOT_ALNUM = re.compile(r"[^0-9a-zA-Z]")
 
-PROTOCOLS = ("36", "62", "exact")
+# "62" is the older name of "case" and stays accepted (calibrations and training validation use it).
+PROTOCOLS = ("36", "case", "62", "exact")
 
 
 def normalize_for_eval(text: str, protocol: str = "36") -> str:
     """Text as the benchmark protocol compares it.
 
     "36": lower-case, then drop every character outside 0-9a-z (the standard protocol).
-    "62": keep case, drop every character outside 0-9a-zA-Z (case-sensitive alphanumeric).
+    "case" (or "62"): keep case, drop every character outside 0-9a-zA-Z (case-sensitive alphanumeric).
     "exact": compare the strings as they are.
     """
     if protocol == "36":
         return _NOT_ALNUM_LOWER.sub("", text.lower())
-    if protocol == "62":
+    if protocol in ("case", "62"):
         return _NOT_ALNUM.sub("", text)
     if protocol == "exact":
         return text

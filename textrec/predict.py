@@ -16,9 +16,11 @@ from .charset import Charset
 from .checkpoint import load_checkpoint, shipped_checkpoint
 from .confidence import Calibration
 from .data.images import Preprocess, as_grayscale, input_width, open_image, to_tensor
-from .decode import Decoded, greedy_decode
+from .decode import Decoded
+from .decoder import Decoder
 from .errors import ConfigError, DataError
 from .model import CRNN
+from .orientation import OrientationProbe, forward_with_features
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 
@@ -52,30 +54,57 @@ _TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: I
 class Orientation:
     """How `Recognizer.read` finds the way up of a crop (docs/orientation.md has the measurements behind it).
 
-    Every crop is first read as it is. A tall crop (height >= `tall_ratio` x width: a horizontal word turned by
-    90 degrees, as on signs and book spines) is also read turned by 90, 270 and 180 degrees; a wide crop whose
-    upright read is not sure (path probability below `settled`) is also read turned by 180 degrees. The read
-    kept is the likeliest, except that a turned read must beat the upright one's log path probability by
-    `margin` (most crops are upright, and some words read almost as well upside down).
+    Two signals: the orientation probe's logit that a crop is upside down (textrec/orientation.py; computed
+    from the features of the read itself, so free; 0 when the checkpoint has no probe or the model runs in
+    onnxruntime) and the recognizer's log path probability of each way up. A crop is turned by 180 degrees when
+
+        weight * logit + ln p(turned) - ln p(as given) > bias,
+
+    and read turned only when that can happen (ln p(turned) <= 0, so only when weight * logit - ln p(as given)
+    > bias): a confident upright read costs nothing more. A tall crop (height >= `tall_ratio` x width: a
+    horizontal word turned by 90 degrees, as on signs and book spines, or an upright single character) is also
+    read turned by 90 degrees, one way or the other decided the same way but without favouring either
+    (`tall_bias`); the turned read is kept when its log path probability beats the upright one's by more than
+    `margin`. The defaults were chosen on the validation split (benchmarks/orientation.py).
     """
 
+    weight: float = 1.0
+    bias: float = 2.5
     tall_ratio: float = 1.5
-    settled: float = 0.9
-    margin: float = 1.0
+    margin: float = 0.0
+    tall_bias: float = 0.0
 
-    def turns(self, size: tuple[int, int], upright: Decoded) -> tuple[int, ...]:
-        """The turns (degrees counter-clockwise) to try besides the upright read of a crop of `size` (w, h)."""
+    def is_tall(self, size: tuple[int, int]) -> bool:
         width, height = size
-        if height >= self.tall_ratio * width:
-            return (90, 270, 180)
-        if not upright.log_score >= math.log(self.settled):  # also when it is NaN
-            return (180,)
-        return ()
+        return height >= self.tall_ratio * width
 
-    def better(self, kept: tuple[int, Decoded], other: tuple[int, Decoded]) -> tuple[int, Decoded]:
-        """The likelier of two (turn, read) pairs, the upright read favoured by `margin`."""
-        bar = kept[1].log_score + (self.margin if kept[0] == 0 else 0.0)
-        return other if other[1].log_score > bar else kept
+    def may_flip(self, read: Decoded, logit: float, turn: int = 0) -> bool:
+        """Whether reading the crop turned by a further 180 degrees could change the decision (see the class)."""
+        return self.weight * logit - read.log_score > self._bias(turn) or math.isnan(read.log_score)
+
+    def flips(self, read: Decoded, turned: Decoded, logit: float, turn: int = 0) -> bool:
+        """Whether the read turned by a further 180 degrees wins over `read` (the crop turned by `turn`)."""
+        if math.isnan(read.log_score):
+            return not math.isnan(turned.log_score)
+        return self.weight * logit + turned.log_score - read.log_score > self._bias(turn)
+
+    def _bias(self, turn: int) -> float:
+        # As given, most crops are upright: turning one over needs evidence (`bias`). A tall crop turned by
+        # 90 degrees is as likely to need 270: no side is favoured (`tall_bias`).
+        return self.bias if turn == 0 else self.tall_bias
+
+    def choose(self, given: dict[int, tuple[Decoded, float]], flipped: dict[int, Decoded]) -> tuple[int, Decoded]:
+        """The (turn, read) to keep of one crop. `given`: turn (0, and 90 for a tall crop) -> (read, probe logit);
+        `flipped`: turn -> the read of the crop turned by turn + 180 degrees, where `may_flip` asked for it."""
+        kept = []
+        for turn, (read, logit) in sorted(given.items()):
+            other = flipped.get(turn)
+            flip = other is not None and self.flips(read, other, logit, turn)
+            kept.append(((turn + 180) % 360, other) if flip else (turn, read))
+        best = kept[0]
+        if len(kept) > 1 and kept[1][1].log_score > best[1].log_score + self.margin:
+            best = kept[1]
+        return best
 
 
 @dataclass(frozen=True)
@@ -99,7 +128,7 @@ class Recognizer:
         rec = Recognizer.load()                 # the shipped model; Recognizer.load("run/best.safetensors")
         print(rec.read("word.png").text)        # a path, Pillow image, numpy array, or a list of them
 
-    `read` finds the way up of each crop (see `Orientation`; `orientation=None` turns it off) and reports a
+    `read` finds the way up of each crop (see `Orientation`; `orientation=False` turns it off) and reports a
     calibrated confidence when the checkpoint holds a calibration. `recognize` is the plain model: upright
     grayscale images in, greedy CTC reads with raw path probabilities out (what the benchmarks score).
     """
@@ -111,7 +140,8 @@ class Recognizer:
         preprocess: Preprocess,
         device: str | torch.device = "cpu",
         calibration: Calibration | None = None,
-        orientation: Orientation | None = Orientation(),
+        orientation: Orientation | None = None,
+        decoder: Decoder | None = None,
     ):
         self.model = model
         self.charset = charset
@@ -119,15 +149,28 @@ class Recognizer:
         self.device = torch.device(device)
         self.calibration = calibration
         self.orientation = orientation
+        # The checkpoint's orientation probe (textrec/orientation.py), used by `read` with `orientation`.
+        self.orientation_probe: OrientationProbe | None = None
+        # How outputs become text (greedy by default; beam search, lexicons: textrec.decoder.make_decoder).
+        self.decoder = decoder if decoder is not None else Decoder()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", orientation: bool | Orientation = True) -> "Recognizer":
-        """A recognizer for a checkpoint file. `orientation`: True (the default `Orientation`), False, or your own."""
-        checkpoint = load_checkpoint(path)
-        target = resolve_device(device)
-        model = checkpoint.build_model().to(target).eval()
-        policy = Orientation() if orientation is True else (orientation or None)
-        return cls(model, checkpoint.charset, checkpoint.preprocess, target, checkpoint.calibration, policy)
+        """A recognizer for a checkpoint file, or for an ONNX graph written by `textrec export` (`.onnx`: run
+        with onnxruntime on the CPU, its charset, preprocessing and calibration read from the graph's metadata).
+        `orientation`: True (the default `Orientation`), False (read every crop as it is), or your own."""
+        if Path(path).suffix.lower() == ".onnx":
+            from .export import onnx_recognizer
+
+            recognizer = onnx_recognizer(path)
+        else:
+            checkpoint = load_checkpoint(path)
+            target = resolve_device(device)
+            model = checkpoint.build_model().to(target).eval()
+            recognizer = cls(model, checkpoint.charset, checkpoint.preprocess, target, checkpoint.calibration)
+            recognizer.orientation_probe = checkpoint.orientation
+        recognizer.orientation = Orientation() if orientation is True else (orientation or None)
+        return recognizer
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", orientation: bool | Orientation = True) -> "Recognizer":
@@ -143,14 +186,26 @@ class Recognizer:
         return torch.stack([to_tensor(image, self.preprocess, width) for image in images])
 
     @torch.inference_mode()
-    def recognize_tensor(self, batch: torch.Tensor) -> list[Decoded]:
+    def recognize_tensor(self, batch: torch.Tensor, lexicons=None) -> list[Decoded]:
+        """Reads of a prepared batch by `self.decoder`; `lexicons`: one per image for a per-sample decoder."""
+        return self._run(batch, lexicons)[0]
+
+    def _run(self, batch: torch.Tensor, lexicons=None, features: bool = False) -> tuple[list[Decoded], torch.Tensor | None]:
+        """Reads of a prepared batch, and with `features` the pooled features the orientation probe takes
+        (None for a model without a backbone, such as an onnxruntime graph)."""
         was_training = self.model.training
         self.model.eval()
+        pooled = None
         try:
-            logits = self.model(batch.to(self.device, non_blocking=True))
+            with torch.inference_mode():
+                batch = batch.to(self.device, non_blocking=True)
+                if features and isinstance(self.model, CRNN):
+                    logits, pooled = forward_with_features(self.model, batch)
+                else:
+                    logits = self.model(batch)
         finally:
             self.model.train(was_training)
-        return greedy_decode(logits.float().log_softmax(2).cpu(), self.charset)
+        return self.decoder.decode(logits.float().log_softmax(2).cpu(), self.charset, lexicons), pooled
 
     def recognize(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Decoded]:
         """Text for grayscale Pillow images (see `open_image`), in batches, read as they are."""
@@ -158,6 +213,24 @@ class Recognizer:
         for start in range(0, len(images), batch_size):
             results.extend(self.recognize_tensor(self.prepare(images[start : start + batch_size])))
         return results
+
+    def recognize_with_logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[tuple[Decoded, float]]:
+        """`recognize`, with the orientation probe's logit that each image is upside down (0 without a probe)."""
+        out: list[tuple[Decoded, float]] = []
+        for start in range(0, len(images), batch_size):
+            probe = self.orientation_probe
+            decoded, pooled = self._run(self.prepare(images[start : start + batch_size]), features=probe is not None)
+            logits = probe.logits(pooled) if probe is not None and pooled is not None else [0.0] * len(decoded)
+            out.extend(zip(decoded, logits))
+        return out
+
+    def features(self, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
+        """The pooled features (N, F) the orientation probe takes (see `forward_with_features`)."""
+        if not isinstance(self.model, CRNN):
+            raise ConfigError("the orientation probe needs the torch model (not an onnxruntime graph)")
+        parts = [self._run(self.prepare(images[s : s + batch_size]), features=True)[1].float().cpu()
+                 for s in range(0, len(images), batch_size)]
+        return torch.cat(parts)
 
     def confidence(self, decoded: Decoded) -> float:
         """The calibrated confidence of a read (its raw path probability when there is no calibration)."""
@@ -183,14 +256,23 @@ class Recognizer:
         return readings[0] if single else readings
 
     def read_grayscale(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Reading]:
-        """`read` for grayscale Pillow images: orientation, then calibrated confidence."""
-        first = self.recognize(images, batch_size)
-        best = [(0, d) for d in first]
-        if self.orientation is not None:
-            tries = [(i, turn) for i, (image, d) in enumerate(zip(images, first)) for turn in self.orientation.turns(image.size, d)]
-            turned = self.recognize([images[i].transpose(_TURNS[turn]) for i, turn in tries], batch_size)
-            for (index, turn), decoded in zip(tries, turned):
-                best[index] = self.orientation.better(best[index], (turn, decoded))
+        """`read` for grayscale Pillow images: orientation (see `Orientation`), then calibrated confidence."""
+        policy = self.orientation
+        if policy is None:
+            return [Reading(d.text, self.confidence(d), 0, d.confidence) for d in self.recognize(images, batch_size)]
+        # Pass 1: every crop as given, and tall ones turned by 90 degrees too.
+        tall = [i for i, image in enumerate(images) if policy.is_tall(image.size)]
+        first = self.recognize_with_logits([*images, *(images[i].transpose(_TURNS[90]) for i in tall)], batch_size)
+        given: list[dict[int, tuple[Decoded, float]]] = [{0: first[i]} for i in range(len(images))]
+        for k, i in enumerate(tall):
+            given[i][90] = first[len(images) + k]
+        # Pass 2: turned by 180 degrees from those, where that could win.
+        second = [(i, t) for i, pair in enumerate(given) for t, (read, logit) in pair.items() if policy.may_flip(read, logit, t)]
+        shown = [images[i].transpose(_TURNS[(turn + 180) % 360]) for i, turn in second]
+        flipped: list[dict[int, Decoded]] = [{} for _ in images]
+        for (i, turn), read in zip(second, self.recognize(shown, batch_size)):
+            flipped[i][turn] = read
+        best = [policy.choose(g, f) for g, f in zip(given, flipped)]
         return [Reading(d.text, self.confidence(d), turn, d.confidence) for turn, d in best]
 
     def recognize_files(

@@ -81,3 +81,10 @@ def available(data_root: str | Path) -> list[tuple[str, Path]]:
         except BenchmarkNotFoundError:
             pass
     return found
+
+
+def survey(data_root: str | Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(name, path) of every registry benchmark found under the data root, and the names of those missing."""
+    found = available(data_root)
+    present = {name for name, _ in found}
+    return found, [name for name in BENCHMARKS if name not in present]

@@ -1,12 +1,13 @@
 """LMDB datasets in the layout of clovaai/deep-text-recognition-benchmark.
 
 Keys: `num-samples` (decimal count), `image-%09d` (encoded image bytes) and
-`label-%09d` (UTF-8 text), numbered from 1. Readers here index from 0.
+`label-%09d` (UTF-8 text), numbered from 1. Readers here index from 0. An optional
+`lexicon-%09d` (UTF-8, comma-separated words) is the sample's own lexicon, as benchmarks such
+as SVT and IIIT5K give one of 50 or 1,000 words per image.
 """
 
 from __future__ import annotations
 
-import codecs
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from typing import Callable, Iterator
 import lmdb
 
 from ..errors import DataError, OutputError, RecordError
-from ..files import Unreadable, check_output_parent, os_reason, read_regular
+from ..files import Unreadable, check_output_parent, os_reason, read_regular, read_text_file
 from .images import open_image
 
 # An image file larger than this is not a word crop; it is refused before being read.
@@ -34,6 +35,10 @@ def image_key(index: int) -> bytes:
 
 def label_key(index: int) -> bytes:
     return b"label-%09d" % (index + 1)
+
+
+def lexicon_key(index: int) -> bytes:
+    return b"lexicon-%09d" % (index + 1)
 
 
 class LmdbWriter:
@@ -53,9 +58,12 @@ class LmdbWriter:
         self._commit_every = commit_every
         self.count = 0
 
-    def add(self, image_bytes: bytes, label: str) -> None:
+    def add(self, image_bytes: bytes, label: str, lexicon: list[str] | None = None) -> None:
+        """Append a sample; `lexicon`: its own words (none may hold a comma), stored when given, even empty."""
         self._pending.append((image_key(self.count), image_bytes))
         self._pending.append((label_key(self.count), label.encode("utf-8")))
+        if lexicon is not None:
+            self._pending.append((lexicon_key(self.count), ",".join(lexicon).encode("utf-8")))
         self.count += 1
         if len(self._pending) >= 2 * self._commit_every:
             self._flush()
@@ -214,6 +222,24 @@ class LmdbDataset:
                 raise self._missing(txn, index, "image")
             return image, self._label(txn, index)
 
+    def has_lexicons(self) -> bool:
+        """Whether any sample has its own lexicon (a `lexicon-%09d` key)."""
+        with self._txn() as txn:
+            cursor = txn.cursor()
+            return cursor.set_range(b"lexicon-") and cursor.key().startswith(b"lexicon-")
+
+    def read_lexicon(self, index: int) -> list[str] | None:
+        """The words of the sample's own lexicon (None: it has none); RecordError names a record that is not UTF-8."""
+        with self._txn() as txn:
+            raw = txn.get(lexicon_key(index))
+        if raw is None:
+            return None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordError(self.where(index), "lexicon is not valid UTF-8") from None
+        return [word.strip() for word in text.split(",") if word.strip()]
+
     def read_image(self, index: int):
         """The sample's decoded grayscale image and its label; RecordError names the record."""
         data, label = self.read(index)
@@ -249,29 +275,23 @@ def read_gt_file(gt_file: Path) -> Iterator[tuple[int, bytes]]:
 
     A UTF-8 byte-order mark is dropped; a UTF-16 file (with its byte-order mark) is read as such.
     """
-    try:
-        raw = read_regular(gt_file, MAX_GT_BYTES)
-    except Unreadable as exc:
-        raise DataError(f"{gt_file}: cannot read the gt file ({exc.reason})") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            raw = raw.decode("utf-16").encode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{gt_file}: starts with a UTF-16 byte-order mark but is not valid UTF-16 ({exc.reason})") from None
+    raw = read_text_file(gt_file, MAX_GT_BYTES, "the gt file")
     for number, line in enumerate(raw.splitlines(), start=1):
         yield number, line
 
 
-def label_problem(label: str) -> str | None:
-    """Why a label cannot be stored (a tab, a control character, a line break), or None."""
+def label_problem(label: str, what: str = "label") -> str | None:
+    """Why a label (or, `what="lexicon"`, a lexicon column) cannot be stored (a tab, a control character, a line
+    break), or None."""
     if "\t" in label:
-        return "label holds a tab (only one tab may separate the image path from the label)"
+        if what == "label":
+            return ("label holds a tab (only one tab may separate the image path from the label; "
+                    "a third column of lexicon words needs --lexicons)")
+        return f"{what} holds a tab (a line has at most three tab-separated columns)"
     for char in label:
         kind = _LABEL_BREAKERS.get(unicodedata.category(char))
         if kind:
-            return f"label holds {kind} (U+{ord(char):04X})"
+            return f"{what} holds {kind} (U+{ord(char):04X})"
     return None
 
 
@@ -286,8 +306,12 @@ def create_lmdb(
     on_progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[int, str], None] | None = None,
     allow_outside_root: bool = False,
+    lexicons: bool = False,
 ) -> CreateReport:
     """Build an LMDB from a gt file of `image-path<TAB>label` lines.
+
+    With `lexicons`, every line has a third column, the sample's own lexicon as comma-separated words
+    (`image-path<TAB>label<TAB>word,word,...`; empty for none), stored as `lexicon-%09d`.
 
     Paths are relative to the gt file's folder unless `root` is given; a path that resolves outside
     that folder (`..`, an absolute path, a symbolic link) is refused unless `allow_outside_root`.
@@ -333,6 +357,17 @@ def create_lmdb(
                     skip(number, "no tab between image path and label")
                     continue
                 rel, label = line.split("\t", 1)
+                words = None
+                if lexicons:
+                    label, tab, column = label.partition("\t")
+                    if not tab:
+                        skip(number, "no lexicon column (with --lexicons a line is image<TAB>label<TAB>word,word,...)")
+                        continue
+                    problem = label_problem(column, "lexicon")
+                    if problem:
+                        skip(number, problem)
+                        continue
+                    words = [word.strip() for word in column.split(",") if word.strip()]
                 if not label:
                     skip(number, "empty label")
                     continue
@@ -358,7 +393,7 @@ def create_lmdb(
                 except DataError as exc:
                     skip(number, str(exc))
                     continue
-                writer.add(data, label)
+                writer.add(data, label, words)
         report.written = writer.count
         if report.written == 0:
             first = f" (line {report.skipped[0][0]}: {report.skipped[0][1]})" if report.skipped else ""
