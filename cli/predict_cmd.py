@@ -30,7 +30,7 @@ def predict(
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     orientation: bool = typer.Option(
         True, "--orientation/--no-orientation",
-        help="Read crops that are upside down or turned by 90 degrees (tall crops) too; --no-orientation reads every crop as it is (faster).",
+        help="Read crops that are upside down or turned by 90 degrees (tall crops) too; --no-orientation reads every crop as it is (faster; better for crops of single characters).",
     ),
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per image (image, text, confidence, rotation)."),
     decoder: str = typer.Option("greedy", help=f"CTC decoding: {', '.join(METHODS)}."),
