@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, NoReturn
 
 import typer
@@ -18,7 +19,9 @@ err_console = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one error line on stderr and exit."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # a path may hold [brackets]
+    rank = os.environ.get("RANK", "0")  # under torchrun every process reports: say which
+    where = "" if rank == "0" else f"(rank {rank}) "
+    err_console.print(f"[bold red]error:[/] {where}{escape(message)}", soft_wrap=True)  # a path may hold [brackets]
     raise typer.Exit(code)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import tomllib
 from pathlib import Path
 from typing import List, Optional
@@ -12,9 +13,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from textrec.distributed import World, launch, torchrun_command, without_option
 from textrec.files import Unreadable, read_regular
 from textrec.model.backbones import VGG_CHANNELS
-from textrec.train import TrainCallbacks, TrainConfig, TrainStart
+from textrec.train import TrainCallbacks, TrainConfig, TrainStart, check_batch_split
 from textrec.train import train as run_training
 
 from .common import console, err_console, fail, user_errors
@@ -45,8 +47,9 @@ class RichCallbacks(TrainCallbacks):
             for example in source.examples:
                 self.progress.console.print(f"  dropped e.g. {example}", style="dim", soft_wrap=True, markup=False)
         val = ", ".join(f"{name} ({n})" for name, n in start.val_sets) or "none"
+        processes = f" x {start.processes} processes (the batch split among them)" if start.processes > 1 else ""
         self.progress.console.print(
-            f"model: {start.parameters / 1e6:.2f} M parameters, {start.frames} output frames; device: {start.device}; "
+            f"model: {start.parameters / 1e6:.2f} M parameters, {start.frames} output frames; device: {start.device}{processes}; "
             f"validation: {val}"
         )
         if start.resumed_from is not None:
@@ -136,6 +139,9 @@ def train(
         False, "--accept-changes",
         help="Resume even though data, batch size, learning rate, ... differ from the run's; the new values apply from here on.",
     ),
+    nproc_per_node: int = typer.Option(
+        1, min=1, help="Train in this many processes on this machine (torchrun; --batch-size is the global batch). See docs/scale.md."
+    ),
 ) -> None:
     """Train a CRNN with CTC; run the same command again to resume an interrupted run."""
     values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
@@ -145,6 +151,14 @@ def train(
         fail("give at least one --train-data (or train_data in --config)")
     if values["output"] is None:
         fail("give --output (or output in --config)")
+    world = World.from_environment()
+    nproc = values.pop("nproc_per_node")
+    if nproc > 1 and not world.distributed:  # not yet under torchrun: start it on this same command line
+        if len(sys.argv) < 2 or sys.argv[1] != "train":
+            fail("--nproc-per-node needs the command line `textrec train ...`; or start torchrun yourself (docs/scale.md)")
+        check_batch_split(values["batch_size"], nproc)  # one error line, not one per process
+        args = without_option(sys.argv[2:], "--nproc-per-node")
+        raise typer.Exit(launch(torchrun_command(nproc, ["-m", "cli.main", "train", *args])))
     gates = values.pop("refine_gates")
     values["refine_gates"] = [g.strip() for g in gates.split(",") if g.strip()] if isinstance(gates, str) else list(gates or [])
     widths = values.pop("channels")
@@ -173,8 +187,11 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
+        disable=not world.is_main,  # rank 0 alone reports
     ) as progress:
         result = run_training(train_config, RichCallbacks(progress))
+    if not world.is_main:
+        return
     summary = f"{result.steps} steps"
     if result.best_accuracy is not None:
         summary += f"; best validation word acc. {result.best_accuracy:.2f}% at step {result.best_step}"

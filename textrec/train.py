@@ -40,6 +40,7 @@ from .checkpoint import (
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
 from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from .distributed import World
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
@@ -149,6 +150,7 @@ class TrainStart:
     frames: int
     resumed_from: int | None
     max_steps: int
+    processes: int = 1  # data-parallel processes, each taking batch_size / processes samples of every step
 
 
 @dataclass
@@ -246,20 +248,27 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 class _Run:
     """One training run's state; `train()` below is the entry point."""
 
-    def __init__(self, config: TrainConfig, callbacks: TrainCallbacks):
+    def __init__(self, config: TrainConfig, callbacks: TrainCallbacks, world: World | None = None):
         self.config = config
-        self.callbacks = callbacks
+        self.world = world or World()
+        self.callbacks = callbacks if self.world.is_main else TrainCallbacks()  # other ranks stay silent
         self.output = Path(config.output)
         self.charset = Charset.from_spec(config.charset)
         self.preprocess = Preprocess(height=config.height, width=config.width, keep_ratio=config.keep_ratio)
         self.model_config = model_config_for(config, self.charset)
-        self.device = resolve_device(config.device)
+        self.device = self.world.device(resolve_device(config.device))
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         try:
             self.model = CRNN(self.model_config).to(self.device)
         except ValueError as exc:  # an unknown unit, refinement or gate name
             raise TrainingError(str(exc)) from None
+        if not self.world.is_main:  # every rank built the same weights (DDP also sends rank 0's); dropout differs
+            torch.manual_seed(self.world.seed(config.seed))
+            random.seed(self.world.seed(config.seed))
+        # What runs forward and backward: the model itself, or in a distributed run its DDP wrapper
+        # (which averages the gradients over the ranks). self.model is always the bare model (saved, validated).
+        self.network: nn.Module = self.model
         self.frames = self.model.output_length(config.width)
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():
@@ -307,6 +316,8 @@ class _Run:
             self._save_resume()
 
     def _save_resume(self) -> None:
+        if not self.world.is_main:
+            return
         state = {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -329,15 +340,21 @@ class _Run:
 
     def try_resume(self) -> int | None:
         path = self.output / "resume.pt"
-        if not path.exists():
-            self._truncate_metrics(0)  # lines of a run killed before its first save
+        state = None
+        if self.world.is_main:  # only rank 0 reads the folder (other nodes need not share it): it sends the state
+            if path.exists():
+                state = load_state(path)
+            else:
+                self._truncate_metrics(0)  # lines of a run killed before its first save
+        state = self.world.broadcast(state)
+        if state is None:
             return None
-        state = load_state(path)
         try:
             self._restore(path, state)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"{path}: incomplete or invalid training state ({type(exc).__name__}: {exc})") from None
-        self._truncate_metrics(self.step)
+        if self.world.is_main:
+            self._truncate_metrics(self.step)
         return self.step
 
     def _restore(self, path: Path, state: dict) -> None:
@@ -376,10 +393,14 @@ class _Run:
         self.skipped_samples = state["skipped_samples"]
         self.nonfinite_steps = state["nonfinite_steps"]
         self.prior = state.get("prior", self.prior)
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        random.setstate(_as_tuple(state["python_rng"]))
+        if self.world.is_main:  # the saved random state is rank 0's
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            random.setstate(_as_tuple(state["python_rng"]))
+        else:  # the other ranks' streams follow from (seed, rank, step), whatever the number of ranks before
+            torch.manual_seed(self.world.seed(self.config.seed, self.step))
+            random.seed(self.world.seed(self.config.seed, self.step))
         if "lr" in changed or "weight_decay" in changed:  # the optimizer and schedule saved them: set the new ones
             factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
             for group, decay in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0)):
@@ -423,6 +444,8 @@ class _Run:
         atomic_write(path, lambda handle: handle.write("".join(k + "\n" for k in kept).encode()))
 
     def log(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         path = self.output / "metrics.jsonl"
         try:
             with open(path, "a", encoding="utf-8") as handle:
@@ -433,6 +456,14 @@ class _Run:
     # --- validation --------------------------------------------------------------------------
 
     def validate(self) -> None:
+        """Rank 0 validates the bare model; the other ranks wait for it."""
+        if not self.world.is_main:
+            self.world.barrier(self.device)
+            return
+        self._validate()
+        self.world.barrier(self.device)
+
+    def _validate(self) -> None:
         if not self.val_sets:
             return
         recognizer = Recognizer(self.model, self.charset, self.preprocess, self.device)
@@ -480,6 +511,8 @@ class _Run:
         A second process on the same folder is refused while this one holds the lock. A fresh run that
         fails before its first save removes the files it wrote, and the folder if it made it.
         """
+        if not self.world.is_main:  # rank 0 alone takes the folder and writes in it
+            return self._train()
         created = make_output_folder(self.output)
         try:
             self._check_folder()
@@ -509,10 +542,17 @@ class _Run:
 
     def _train(self) -> TrainResult:
         config = self.config
-        remove_temp_files(self.output)  # half-written files of a run killed while saving
+        if self.world.is_main:
+            remove_temp_files(self.output)  # half-written files of a run killed while saving
         resumed = self.try_resume()
-        initialised = self.init_from(config.init_from) if resumed is None and config.init_from else None
-        atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
+        # Rank 0 alone reads --init-from: DDP gives its weights to the other ranks.
+        initialised = self.init_from(config.init_from) if resumed is None and config.init_from and self.world.is_main else None
+        if self.world.is_main:
+            atomic_write(self.output / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
+        if self.world.distributed:
+            self.network = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
         sources, shares = open_sources(
             config.train_data,
@@ -531,6 +571,7 @@ class _Run:
                 frames=self.frames,
                 resumed_from=resumed,
                 max_steps=config.max_steps,
+                processes=self.world.size,
             )
         )
         if initialised:
@@ -542,10 +583,13 @@ class _Run:
         # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
         scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
         self.finisher = Finisher(
-            config.height, config.width, config.seed, scene_device, self.preprocess.mean, self.preprocess.std,
+            config.height, config.width, self.world.seed(config.seed), scene_device, self.preprocess.mean, self.preprocess.std,
             keep_ratio=config.keep_ratio, augment_real=config.augment,
         )
-        sampler = StepBatchSampler([s.size for s in sources], counts, config.seed, self.step, config.max_steps)
+        # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
+        sampler = StepBatchSampler(
+            [s.size for s in sources], counts, config.seed, self.step, config.max_steps, self.world.rank, self.world.size
+        )
         loader = torch.utils.data.DataLoader(
             TrainingSamples(sources, self.charset, self.finisher.canvas_size, config.keep_ratio, self.finisher.scale),
             batch_sampler=sampler,
@@ -566,23 +610,22 @@ class _Run:
         self.model.train()
         try:
             for batch in loader:
-                if batch.errors:
-                    self.skipped_samples += len(batch.errors)
-                    for error in batch.errors:
-                        self.callbacks.on_event(f"skipped sample: {error}")
-                if batch.raw is None:
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= config.max_bad_steps:
-                        raise TrainingError(
-                            f"{bad_in_a_row} batches in a row had no readable sample (last error: {batch.errors[-1]})"
-                        )
-                    self.step += 1
-                    continue
+                for error in batch.errors:
+                    self.callbacks.on_event(f"skipped sample: {error}")
                 with _interrupts_held():  # Ctrl-C never splits a weight update from its step count
-                    loss = self._loss(batch)
-                    if loss is not None:
+                    outcome = self._loss(batch)
+                    self.skipped_samples += outcome.errors
+                    if outcome.loss is not None:
                         bad_in_a_row = 0
                         self.step += 1
+                if outcome.unreadable:
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= config.max_bad_steps:
+                        last = batch.errors[-1] if batch.errors else "in another process"
+                        raise TrainingError(f"{bad_in_a_row} batches in a row had no readable sample (last error: {last})")
+                    self.step += 1
+                    continue
+                loss = outcome.loss
                 if loss is None:
                     self.nonfinite_steps += 1
                     bad_in_a_row += 1
@@ -595,7 +638,7 @@ class _Run:
                         )
                     self.step += 1
                     continue
-                images_seen += len(batch.labels)
+                images_seen += outcome.images
                 if self.step % config.log_interval == 0 or self.step == config.max_steps:
                     elapsed = time.perf_counter() - started
                     speed = images_seen / elapsed if elapsed > 0 else 0.0
@@ -611,7 +654,8 @@ class _Run:
         except KeyboardInterrupt:
             interrupted = True
             self.save_resume()
-            remove_temp_files(self.output)  # the temporary file of a save the interrupt cut short (the lock is ours)
+            if self.world.is_main:
+                remove_temp_files(self.output)  # the temporary file of a save the interrupt cut short (the lock is ours)
             self.callbacks.on_event(f"interrupted: state saved at step {self.step}; run the same command to resume")
         if not (self.output / "last.safetensors").exists():
             self.save_resume()
@@ -625,30 +669,52 @@ class _Run:
             output=str(self.output),
         )
 
-    def _loss(self, batch) -> float | None:
-        """One optimisation step; returns the loss, or None when the loss or gradient was not finite."""
-        images = self.finisher.model_input(batch.raw, self.step).to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            logits = self.model(images)
-        log_probs = logits.float().log_softmax(2)
-        frames, size = log_probs.shape[:2]
-        input_lengths = torch.full((size,), frames, dtype=torch.long)
-        loss = self.ctc(log_probs, batch.targets, input_lengths, batch.target_lengths)
+    def _loss(self, batch) -> "_Outcome":
+        """One optimisation step on the batch (on every rank's share of it, which all ranks agree on)."""
+        loss = None
+        if batch.raw is not None:
+            images = self.finisher.model_input(batch.raw, self.step).to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits = self.network(images)
+            log_probs = logits.float().log_softmax(2)
+            frames, size = log_probs.shape[:2]
+            input_lengths = torch.full((size,), frames, dtype=torch.long)
+            loss = self.ctc(log_probs, batch.targets, input_lengths, batch.target_lengths)
+        value = float(loss.detach()) if loss is not None else 0.0
+        finite = loss is not None and math.isfinite(value)
+        # Summed over the ranks, so that all take the same decision (a rank left out of the backward
+        # pass would stall the others' gradient exchange): any rank's failure skips the step for all.
+        unreadable, bad, total, errors, images = self.world.total(
+            [loss is None, loss is not None and not finite, value if finite else 0.0, len(batch.errors), len(batch.labels)],
+            self.device,
+        )
+        outcome = _Outcome(None, bool(unreadable), int(errors), int(images))
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return None
+        if unreadable or bad:
+            return outcome
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if not torch.isfinite(grad_norm):
+        if not torch.isfinite(grad_norm):  # the same on every rank: DDP averaged the gradients
             self.optimizer.zero_grad(set_to_none=True)
             if self.use_amp:
                 self.scaler.update()  # let the scaler back off; its own skip would hide the count
-            return None
+            return outcome
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        outcome.loss = total / self.world.size
+        return outcome
+
+
+@dataclass
+class _Outcome:
+    """A step's result over all ranks: the mean loss (None: no update), and what the ranks read."""
+
+    loss: float | None
+    unreadable: bool  # some rank had no readable sample
+    errors: int  # samples that could not be read
+    images: int  # samples trained on
 
 
 @contextlib.contextmanager
@@ -695,7 +761,23 @@ def _source_info(source, share: float, per_batch: int) -> SourceInfo:
     return SourceInfo(source.name, source.size, share, per_batch, dropped, examples, fonts)
 
 
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """`batch_size` is the global batch: ConfigError unless each process can take an equal share of it."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"--batch-size {batch_size} is the global batch and must divide by the number of processes "
+            f"({processes}): each takes an equal share"
+        )
+
+
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Train (or resume, when `config.output` holds a run) and return a summary."""
+    """Train (or resume, when `config.output` holds a run) and return a summary.
+
+    Under torchrun (WORLD_SIZE > 1) each process trains on its share of every batch: `batch_size` is the
+    global batch and must divide by the number of processes; only rank 0 writes files and calls `callbacks`.
+    """
     check_config(config)
-    return _Run(config, callbacks or TrainCallbacks()).run()
+    world = World.from_environment()
+    check_batch_split(config.batch_size, world.size)
+    with world.process_group(world.device(resolve_device(config.device))):
+        return _Run(config, callbacks or TrainCallbacks(), world).run()

@@ -161,12 +161,18 @@ class StepBatchSampler(torch.utils.data.Sampler):
     """Yields, for steps `start_step`, `start_step + 1`, ..., the list of (group, index, sample seed) keys.
 
     Group g contributes `counts[g]` samples per step; a finite group walks through a fresh
-    permutation each epoch; an endless one uses consecutive indices.
+    permutation each epoch; an endless one uses consecutive indices. In a distributed run, rank r of
+    `world` processes takes keys r, r + world, ... of each step's (global) batch: the ranks read
+    different samples, and together those of the same step at any number of processes.
     """
 
-    def __init__(self, sizes: list[int | None], counts: list[int], seed: int, start_step: int, max_steps: int):
+    def __init__(
+        self, sizes: list[int | None], counts: list[int], seed: int, start_step: int, max_steps: int,
+        rank: int = 0, world: int = 1,
+    ):
         self.sizes, self.counts, self.seed = sizes, counts, seed
         self.start_step, self.max_steps = start_step, max_steps
+        self.rank, self.world = rank, world
         self._perms: dict[tuple[int, int], list[int]] = {}
 
     def _permutation(self, group: int, epoch: int) -> list[int]:
@@ -190,7 +196,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         for step in range(self.start_step, self.max_steps):
-            yield self.keys_for_step(step)
+            yield self.keys_for_step(step)[self.rank :: self.world]
 
     def __len__(self) -> int:
         return max(0, self.max_steps - self.start_step)
