@@ -17,7 +17,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .confidence import Calibration, fit_calibration
 from .data.lmdb_store import LmdbDataset
 from .errors import DataError
-from .metrics import expected_calibration_error, normalize_for_eval
+from .evaluate import evaluate_dataset
+from .metrics import expected_calibration_error
 from .orientation import OrientationProbe, fit_orientation_probe
 from .predict import Recognizer
 
@@ -39,32 +40,21 @@ def collect_reads(
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[bool]]:
-    """(ln path probability, right?) for every readable sample whose label is not empty under the protocol."""
+    """(ln path probability, right?) for every read that `eval` scores with a finite output: the reads of
+    `evaluate_dataset`, with the recognizer's own calibration set aside (its confidence is then the raw path
+    probability)."""
     total = sum(len(d) for d in datasets)
-    scores: list[float] = []
-    right: list[bool] = []
-    done = 0
-    for dataset in datasets:
-        images, labels = [], []
-        for index in range(len(dataset)):
-            done += 1
-            try:
-                label = normalize_for_eval(dataset.read_label(index), protocol)
-                if label:
-                    images.append(dataset.read_image(index)[0])
-                    labels.append(label)
-            except DataError:
-                pass  # eval lists unreadable samples; a calibration simply has one read fewer
-            if len(images) >= batch_size or (index == len(dataset) - 1 and images):
-                for decoded, label in zip(recognizer.recognize(images, batch_size), labels):
-                    if math.isnan(decoded.log_score):
-                        continue  # a non-finite output has no reading to calibrate
-                    scores.append(decoded.log_score)
-                    right.append(normalize_for_eval(decoded.text, protocol) == label)
-                images, labels = [], []
-            if on_progress:
-                on_progress(done, total)
-    return scores, right
+    calibration, recognizer.calibration = recognizer.calibration, None
+    reads: list[tuple[float, bool]] = []
+    try:
+        offset = 0
+        for dataset in datasets:
+            progress = (lambda done, _, base=offset: on_progress(base + done, total)) if on_progress else None
+            reads += evaluate_dataset(recognizer, dataset, str(dataset.path), protocol, batch_size, on_progress=progress).reads
+            offset += len(dataset)
+    finally:
+        recognizer.calibration = calibration
+    return [math.log(p) if p > 0 else -math.inf for p, _ in reads], [right for _, right in reads]
 
 
 def calibrate_checkpoint(
@@ -83,7 +73,7 @@ def calibrate_checkpoint(
     loaded = load_checkpoint(checkpoint)
     datasets = [LmdbDataset(path) for path in data]
     crop_sets = [LmdbDataset(path) for path in orientation_data]  # every path checked before the long work
-    recognizer = Recognizer.from_checkpoint(checkpoint, device=device, orientation=False)
+    recognizer = Recognizer.from_loaded(loaded, device=device, orientation=False)
     scores, right = collect_reads(recognizer, datasets, protocol, batch_size, on_progress)
     calibration = fit_calibration(scores, right, protocol, data=", ".join(str(p) for p in data))
     raw = [math.exp(s) for s in scores]

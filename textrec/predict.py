@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .charset import Charset
-from .checkpoint import load_checkpoint, shipped_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from .confidence import Calibration
 from .data.images import Preprocess, as_grayscale, input_width, open_image, to_tensor
 from .decode import Decoded
@@ -142,6 +142,7 @@ class Recognizer:
         calibration: Calibration | None = None,
         orientation: Orientation | None = None,
         decoder: Decoder | None = None,
+        orientation_probe: OrientationProbe | None = None,
     ):
         self.model = model
         self.charset = charset
@@ -150,7 +151,7 @@ class Recognizer:
         self.calibration = calibration
         self.orientation = orientation
         # The checkpoint's orientation probe (textrec/orientation.py), used by `read` with `orientation`.
-        self.orientation_probe: OrientationProbe | None = None
+        self.orientation_probe = orientation_probe
         # How outputs become text (greedy by default; beam search, lexicons: textrec.decoder.make_decoder).
         self.decoder = decoder if decoder is not None else Decoder()
 
@@ -159,18 +160,23 @@ class Recognizer:
         """A recognizer for a checkpoint file, or for an ONNX graph written by `textrec export` (`.onnx`: run
         with onnxruntime on the CPU, its charset, preprocessing and calibration read from the graph's metadata).
         `orientation`: True (the default `Orientation`), False (read every crop as it is), or your own."""
-        if Path(path).suffix.lower() == ".onnx":
-            from .export import onnx_recognizer
+        if Path(path).suffix.lower() != ".onnx":
+            return cls.from_loaded(load_checkpoint(path), device, orientation)
+        from .export import onnx_recognizer
 
-            recognizer = onnx_recognizer(path)
-        else:
-            checkpoint = load_checkpoint(path)
-            target = resolve_device(device)
-            model = checkpoint.build_model().to(target).eval()
-            recognizer = cls(model, checkpoint.charset, checkpoint.preprocess, target, checkpoint.calibration)
-            recognizer.orientation_probe = checkpoint.orientation
+        recognizer = onnx_recognizer(path)
         recognizer.orientation = Orientation() if orientation is True else (orientation or None)
         return recognizer
+
+    @classmethod
+    def from_loaded(cls, checkpoint: Checkpoint, device: str = "auto", orientation: bool | Orientation = True) -> "Recognizer":
+        """`from_checkpoint` for a checkpoint already loaded (`load_checkpoint`)."""
+        target = resolve_device(device)
+        model = checkpoint.build_model().to(target).eval()
+        return cls(
+            model, checkpoint.charset, checkpoint.preprocess, target, checkpoint.calibration,
+            Orientation() if orientation is True else (orientation or None), orientation_probe=checkpoint.orientation,
+        )
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", orientation: bool | Orientation = True) -> "Recognizer":
