@@ -8,6 +8,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -23,7 +24,7 @@ from textrec.errors import DataError
 from textrec.synth import fonts as fonts_module
 from textrec.synth import glyphs as glyphs_module
 from textrec.synth.fonts import BUILTIN, discover_fonts, load_font
-from textrec.synth.glyphs import GlyphSource, rasterise
+from textrec.synth.glyphs import GlyphSource, glyph_atlas, rasterise
 from textrec.synth.params import EFFECTS, Draws
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real
 from textrec.synth.text import TEXT_KINDS, TextSampler
@@ -153,13 +154,42 @@ def test_mixed_batches_of_synthetic_and_real_samples():
 def test_label_is_the_rasterised_text():
     source = GlyphSource(seed=4, charset=Charset.from_spec("94"))
     by_name = {face.name: face for face in source.faces}
+    untracked = 0
     for index in range(40):
         sample = source.sample(index)
-        font = load_font(by_name[sample.font], int(sample.em))
         assert sample.label and sample.mask.shape[0] > 4
-        redrawn = rasterise(sample.label, font)
-        if redrawn.shape == sample.mask.shape:  # drawn in one piece (not glyph by glyph with tracking)
+        redrawn = rasterise(sample.label, glyph_atlas(by_name[sample.font], int(sample.em)))
+        if redrawn.shape == sample.mask.shape:  # drawn without extra tracking
             assert (redrawn == sample.mask).all(), sample.label
+            untracked += 1
+    assert untracked >= 20  # tracking is added to a quarter of the texts
+
+
+@pytest.mark.parametrize("face_index", [0, -1], ids=["first-system-font", "pillow-builtin"])
+def test_glyph_atlas_draws_what_freetype_draws_for_the_whole_string(face_index):
+    # The atlas puts texts together from cached glyphs; Pillow's own whole-string render (FreeType with the
+    # font's kerning) is the reference. Texts without the f-ligatures that shaping would substitute.
+    face = GlyphSource(seed=0, charset=Charset.from_spec("94")).faces[face_index]
+    for size in (30, 37, 44):
+        font = load_font(face, size)
+        for text in ("AVATAR", "Typography", "WAVE", "To", "hello", "12/05/2024", "jumpy", "Wolf's"):
+            core, _ = font.getmask2(text, mode="L")
+            reference = np.asarray(Image.Image()._new(core))
+            rows, columns = np.nonzero(reference)
+            reference = reference[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+            got = rasterise(text, glyph_atlas(face, size))[2:-2, 2:-2]
+            assert got.shape[0] == reference.shape[0] and abs(got.shape[1] - reference.shape[1]) <= 1, (text, size)
+            width = min(got.shape[1], reference.shape[1])
+            difference = np.abs(got[:, :width].astype(int) - reference[:, :width]).mean()
+            assert difference < 4, (face.name, text, size, difference)
+
+
+def test_letter_spacing_moves_every_glyph_by_the_same_step():
+    face = GlyphSource(seed=0, charset=Charset.from_spec("36")).faces[0]
+    atlas = glyph_atlas(face, 32)
+    plain, tracked = rasterise("iiii", atlas), rasterise("iiii", atlas, spacing=10.0)
+    assert tracked.shape[0] == plain.shape[0] and tracked.shape[1] - plain.shape[1] in (29, 30, 31)
+    assert tracked.sum() == plain.sum()  # the same glyphs, apart
 
 
 def test_a_font_lacking_a_glyph_is_never_used_for_that_string(monkeypatch):

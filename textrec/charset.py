@@ -7,6 +7,7 @@ before encoding, as in the 36-character benchmark protocol.
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class Charset:
             return cls(text)
         return cls(spec)
 
-    @property
+    @functools.cached_property  # asked per character by the text sampler
     def case_sensitive(self) -> bool:
         return any(c.isupper() for c in self.chars)
 

@@ -1,8 +1,9 @@
 """The CPU stage of the synthetic pipeline: what must be done per string.
 
 `GlyphSource.sample(index)` chooses a text, a font that draws every character of it, a font
-size and a letter spacing, and rasterises the text once into a coverage mask (uint8, 255 =
-ink), with the ink box and the em size in mask pixels. Everything else (geometry, colours,
+size and a letter spacing, and puts the text's coverage mask (uint8, 255 = ink) together from
+glyphs rasterised once per font and size (`GlyphAtlas`), with the ink box and the em size in
+mask pixels. Everything else (geometry, colours,
 background, clutter, camera) happens batched on the training device (`textrec.synth.scene`).
 
 A sample is a pure function of (seed, index) and the font list: any worker renders it alike.
@@ -10,23 +11,28 @@ A sample is a pure function of (seed, index) and the font list: any worker rende
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..charset import Charset
 from .fonts import FontFace, discover_fonts, face_missing, font_pool, load_font
 from .text import TextSampler
 from .params import sample_seed
 
-# Font sizes (pixels per em) of the masks. The device stage scales them to its canvas, so the
-# range only needs to rasterise cleanly: large enough for thin strokes, small enough to be cheap.
-EM_SIZES = (30, 44)
+# Font sizes (pixels per em) of the masks. The device stage scales them to its canvas, so they
+# only need to rasterise cleanly: large enough for thin strokes, small enough to be cheap. A few
+# sizes rather than every one in 30-44: each (font, size) fills its own glyph cache in every worker
+# (909 fonts x 4 sizes x 95 glyphs is about 25 s of one core), and hinting differs little between them.
+EM_SIZES = (30, 34, 38, 43)
 # Share of samples whose glyphs are placed one by one with extra tracking (-0.04..0.35 em).
 LETTER_SPACING = 0.25
+# Pixels per em at which each face's kerning is measured (1/64 px steps: 1/4096 em).
+KERNING_SIZE = 64
 
 
 @dataclass
@@ -104,30 +110,106 @@ class GlyphSource:
                 continue  # a text no font can draw (a rare character set): draw another
         else:
             raise LookupError("no font draws the texts of this charset; add fonts with --synth-fonts")
-        size = rng.randint(*EM_SIZES)
-        font = load_font(face, size)
+        size = rng.choice(EM_SIZES)
         spacing = rng.uniform(-0.04, 0.35) * size if rng.random() < LETTER_SPACING and len(text) > 1 else 0.0
-        mask = rasterise(text, font, spacing)
+        mask = rasterise(text, glyph_atlas(face, size), spacing)
         height, width = mask.shape
         return GlyphSample(mask, (2, 2, width - 2, height - 2), float(size), text, face.name)
 
 
-def rasterise(text: str, font, spacing: float = 0.0) -> np.ndarray:
-    """The text's coverage mask, cut to its ink with 2 px of margin: one FreeType render with the
-    font's own kerning, or glyph by glyph when `spacing` adds tracking."""
+class Kerning:
+    """A face's kerning in ems, per pair of characters, measured once per process at KERNING_SIZE
+    px (kerning scales with the em; measuring it per size would repeat the same work 15 times)."""
+
+    def __init__(self, face: FontFace):
+        self.font = load_font(face, KERNING_SIZE)
+        self._advances: dict[str, float] = {}
+        self._pairs: dict[str, float] = {}
+
+    def __call__(self, pair: str) -> float:
+        """How much closer (negative) or further apart the face sets the two characters than their advances say, in ems."""
+        adjust = self._pairs.get(pair)
+        if adjust is None:
+            advances = [self._advance(char) for char in pair]
+            adjust = (self.font.getlength(pair) - sum(advances)) / KERNING_SIZE
+            self._pairs[pair] = adjust
+        return adjust
+
+    def _advance(self, char: str) -> float:
+        advance = self._advances.get(char)
+        if advance is None:
+            advance = self._advances[char] = self.font.getlength(char)
+        return advance
+
+
+class GlyphAtlas:
+    """One font at one size, rasterised glyph by glyph on demand and kept: a text is then put
+    together from cached bitmaps instead of a FreeType render per string (several times cheaper).
+
+    Pen positions follow the font's advances plus its kerning for each pair of characters (as
+    Pillow lays the pair out: its GPOS/kern adjustments), rounded to whole pixels as FreeType
+    places bitmaps; overlapping glyphs combine by maximum coverage, as Pillow combines them.
+    What this gives up is shaping across more than two characters: ligatures (the "ffi" of
+    some fonts) are drawn as their separate letters, which is also what the label says.
+    """
+
+    def __init__(self, face: FontFace, size: int):
+        self.font = load_font(face, size)
+        self.size = size
+        self.kerning = face_kerning(face)
+        self._glyphs: dict[str, tuple[np.ndarray, int, int, float]] = {}
+
+    def glyph(self, char: str) -> tuple[np.ndarray, int, int, float]:
+        """(bitmap, left, top, advance): the bitmap's offset from the pen (top from the ascender line) and the advance in pixels."""
+        glyph = self._glyphs.get(char)
+        if glyph is None:
+            core, (left, top) = self.font.getmask2(char, mode="L")
+            bitmap = np.asarray(Image.Image()._new(core))
+            columns, rows = bitmap.any(0), bitmap.any(1)
+            if columns.any():  # cut to the ink: some fonts' bitmaps carry blank columns or rows
+                x0, y0 = int(columns.argmax()), int(rows.argmax())
+                x1, y1 = len(columns) - int(columns[::-1].argmax()), len(rows) - int(rows[::-1].argmax())
+                bitmap, left, top = bitmap[y0:y1, x0:x1], left + x0, top + y0
+            else:
+                bitmap = bitmap[:0, :0]
+            glyph = (bitmap, left, top, self.font.getlength(char))
+            self._glyphs[char] = glyph
+        return glyph
+
+
+@functools.lru_cache(maxsize=4096)
+def face_kerning(face: FontFace) -> Kerning:
+    return Kerning(face)
+
+
+@functools.lru_cache(maxsize=4096)
+def glyph_atlas(face: FontFace, size: int) -> GlyphAtlas:
+    """The atlas of `face` at `size` pixels (cached per process; up to a few hundred KB each once filled)."""
+    return GlyphAtlas(face, size)
+
+
+def rasterise(text: str, atlas: GlyphAtlas, spacing: float = 0.0) -> np.ndarray:
+    """The text's coverage mask (uint8, 255 = ink), cut to its ink with 2 px of margin; `spacing`
+    (pixels) is added between characters on top of the font's advances and kerning."""
     pad = 2
-    if not spacing:
-        core, _ = font.getmask2(text, mode="L")
-        ink = np.asarray(Image.Image()._new(core))
-        return np.pad(ink, pad) if ink.size else np.zeros((2 * pad + 1, 2 * pad + 1), np.uint8)
-    ascent, descent = font.getmetrics()
-    width = int(math.ceil(font.getlength(text) + max(0.0, spacing) * (len(text) - 1))) + 2 * ascent
-    image = Image.new("L", (max(1, width), 2 * (ascent + descent)), 0)
-    draw = ImageDraw.Draw(image)
-    x = ascent / 2
-    for i, char in enumerate(text):
-        draw.text((x + font.getlength(text[:i]) + i * spacing, ascent / 2), char, font=font, fill=255)
-    box = image.getbbox()
-    if box is None:
+    pen = 0.0
+    placed = []
+    for number, char in enumerate(text):
+        if number:
+            pen += atlas.kerning(text[number - 1 : number + 1]) * atlas.size + spacing
+        bitmap, left, top, advance = atlas.glyph(char)
+        if bitmap.size:
+            placed.append((bitmap, int(math.floor(pen + 0.5)) + left, top))
+        pen += advance
+    if not placed:
         return np.zeros((2 * pad + 1, 2 * pad + 1), np.uint8)
-    return np.pad(np.asarray(image.crop(box)), pad)
+    x0 = min(x for _, x, _ in placed)
+    y0 = min(y for _, _, y in placed)
+    x1 = max(x + b.shape[1] for b, x, _ in placed)
+    y1 = max(y + b.shape[0] for b, _, y in placed)
+    mask = np.zeros((y1 - y0 + 2 * pad, x1 - x0 + 2 * pad), np.uint8)
+    for bitmap, x, y in placed:
+        top, left = y - y0 + pad, x - x0 + pad
+        region = mask[top : top + bitmap.shape[0], left : left + bitmap.shape[1]]
+        np.maximum(region, bitmap, out=region)
+    return mask
