@@ -20,7 +20,7 @@ from imagegen import png_bytes, render_word, write_lmdb
 from textrec.checkpoint import load_checkpoint
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.metrics import normalize_for_eval, normalized_edit_similarity
-from textrec.predict import Reading, Recognizer
+from textrec.predict import Reading, Recognizer, cpu_threads
 
 from test_train import TINY, WORDS
 
@@ -145,6 +145,22 @@ def test_predict_files_folders_globs_and_json(trained):
     door = trained / "images" / "door.png"
     (expected,) = read_files(checkpoint, [door])
     assert result.output.splitlines() == [f"{door}\t{expected.text}\t{expected.confidence:.3f}"]
+
+
+def test_predict_threads_one_for_small_batches_or_as_told(trained, monkeypatch):
+    # Batch-1 reads run on one intra-op thread unless told (docs/deploy.md, "Speed"); the answer is the same.
+    assert cpu_threads(1, 32) == 1 and cpu_threads(4, 32) == 1 and cpu_threads(100, 2) == 1
+    assert cpu_threads(100, 32) is None and cpu_threads(1, 32, requested=3) == 3
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)  # the suite's own thread setting stays as it is
+    checkpoint = trained / "run" / "best.safetensors"
+    cat = trained / "images" / "cat.png"
+    (expected,) = read_files(checkpoint, [cat])
+    for extra, wanted in (([], [1]), (["--threads", "2"], [2])):
+        result = invoke("predict", "--checkpoint", checkpoint, "--device", "cpu", *extra, cat)
+        assert result.exit_code == 0, result.output
+        assert result.output.split("\t")[1] == expected.text and chosen == wanted
+        chosen.clear()
 
 
 def test_predict_reports_bad_files_and_still_answers_good_ones(trained, tmp_path):

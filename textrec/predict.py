@@ -25,6 +25,21 @@ from .orientation import OrientationProbe, forward_with_features
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 
 
+# Batches of at most this many images are read with one intra-op thread on a CPU unless told otherwise:
+# at batch 1 each op is too small to share out, so threads mostly wait on each other, and on a busy
+# machine far worse (IC13 crops, 2-core CPU: 87 vs 93 images/s for 1 vs 2 threads with one core taken,
+# 80 vs 27 and 56 vs 8 under heavier load; docs/deploy.md, "Speed").
+SMALL_BATCH = 4
+
+
+def cpu_threads(images: int, batch_size: int, requested: int = 0) -> int | None:
+    """Intra-op threads for reading `images` images in batches of `batch_size` on a CPU: `requested`
+    when given (> 0); else 1 when the batches are small (SMALL_BATCH); None: leave torch's default."""
+    if requested > 0:
+        return requested
+    return 1 if min(images, batch_size) <= SMALL_BATCH else None
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device an option names; ConfigError when it is unknown or not on this machine."""
     if device == "auto":
