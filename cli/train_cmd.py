@@ -15,7 +15,7 @@ from rich.table import Table
 
 from textrec.distributed import World, launch, torchrun_command, without_option
 from textrec.files import Unreadable, read_regular
-from textrec.model.backbones import VGG_CHANNELS
+from textrec.model.backbones import BACKBONES, VGG_CHANNELS
 from textrec.train import TrainCallbacks, TrainConfig, TrainStart, check_batch_split
 from textrec.train import train as run_training
 
@@ -121,7 +121,10 @@ def train(
     input_map: bool = typer.Option(False, help="Linear map before each recurrent layer, so that x̃ = x_t with no projection."),
     charset: str = typer.Option("36", help="36, 62, 94, 95 (94 + space), file:PATH, or the characters themselves."),
     hidden_size: int = typer.Option(256, min=1),
-    channels: Optional[str] = typer.Option(None, help="Seven comma-separated VGG widths (default: the CRNN paper's)."),
+    backbone: str = typer.Option("vgg", help="Convolutional backbone: vgg (the CRNN paper's) or resnet (deep-text-recognition-benchmark's)."),
+    channels: Optional[str] = typer.Option(
+        None, help="The backbone's widths, comma-separated: seven for vgg (default 64,128,256,256,512,512,512), four for resnet (default 128,256,512,512)."
+    ),
     width: int = typer.Option(100, min=8, help="Input width in pixels (height is 32)."),
     augment: bool = typer.Option(True, help="Augment real training images on the device (synthetic ones always get their effects)."),
     val_interval: int = typer.Option(500, min=1),
@@ -166,13 +169,13 @@ def train(
         try:
             widths = tuple(int(c) for c in widths.split(","))
         except ValueError:
-            fail(f"--channels {widths!r}: give seven comma-separated whole numbers, e.g. 64,128,256,256,512,512,512")
+            fail(f"--channels {widths!r}: give comma-separated whole numbers, e.g. 64,128,256,256,512,512,512")
     train_config = TrainConfig(
         **{**values, "train_data": list(values["train_data"]), "val_data": [str(p) for p in values["val_data"]],
            "synth_fonts": [str(p) for p in values["synth_fonts"]],
            "output": str(values["output"]),
            "init_from": str(values["init_from"]) if values["init_from"] else None,
-           "channels": tuple(widths) if widths else VGG_CHANNELS}
+           "channels": tuple(widths) if widths else BACKBONES.get(values["backbone"], (None, VGG_CHANNELS))[1]}
     )
     # Gradients that fade into denormal floats make CPU steps several times slower; flush them.
     torch.set_flush_denormal(True)

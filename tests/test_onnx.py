@@ -115,7 +115,8 @@ def test_the_graph_carries_charset_preprocessing_and_calibration(tmp_path):
     dict(rnn="mgu", refine="mul", refine_init="vanilla"),
     dict(rnn="lstm", refine="add", input_map=True),
     dict(rnn="gru"),
-], ids=["lstm-mul", "gru-mul-tanh-z", "mgu-mul-vanilla", "lstm-add-input-map", "gru-vanilla"])
+    dict(rnn="lstm", backbone="resnet", channels=(8, 8, 16, 16)),
+], ids=["lstm-mul", "gru-mul-tanh-z", "mgu-mul-vanilla", "lstm-add-input-map", "gru-vanilla", "resnet-lstm"])
 def test_every_recurrence_exports_for_any_width(tmp_path, config):
     """Refined gates, MGUs and input maps run as an ONNX Loop; vanilla GRU (and LSTM: the shipped model) as ONNX's
     own operator."""

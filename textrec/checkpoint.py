@@ -35,6 +35,7 @@ from .data.images import Preprocess
 from .errors import CheckpointError, LabelError, OutputError
 from .files import Unreadable, os_reason, read_regular
 from .model import CRNN, CRNNConfig
+from .model.backbones import BACKBONES
 from .orientation import OrientationProbe, feature_width
 
 FORMAT = "textrec-crnn"
@@ -238,10 +239,14 @@ def _check_metadata(where: str, model_config: CRNNConfig, preprocess: Preprocess
         value = getattr(model_config, name)
         if _bad_int(value, low, high):
             problems.append(f"model.{name} = {value!r} (expected {low} to {high})")
+    backbone = BACKBONES.get(model_config.backbone) if isinstance(model_config.backbone, str) else None
+    if backbone is None:
+        problems.append(f"model.backbone = {model_config.backbone!r} (expected one of {', '.join(BACKBONES)})")
+    count = len(backbone[1]) if backbone else None
     channels = model_config.channels
-    if not isinstance(channels, tuple) or len(channels) != 7 or any(_bad_int(c, 1, _MAX_CHANNELS) for c in channels):
+    if not isinstance(channels, tuple) or (count and len(channels) != count) or any(_bad_int(c, 1, _MAX_CHANNELS) for c in channels):
         problems.append(f"model.channels = {list(channels) if isinstance(channels, tuple) else channels!r} "
-                        f"(expected 7 widths of 1 to {_MAX_CHANNELS})")
+                        f"(expected {count or 'its'} widths of 1 to {_MAX_CHANNELS})")
     if _bad_number(model_config.dropout) or not 0 <= model_config.dropout < 1:
         problems.append(f"model.dropout = {model_config.dropout!r} (expected 0 <= dropout < 1)")
     if _bad_number(model_config.forget_bias):

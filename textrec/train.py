@@ -45,7 +45,7 @@ from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
-from .model.backbones import VGG_CHANNELS
+from .model.backbones import BACKBONES, VGG_CHANNELS
 from .predict import Recognizer, resolve_device
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
@@ -53,7 +53,7 @@ from .transfer import transfer_weights
 # Options that define the network and its input: a resumed run must keep them.
 ARCHITECTURE_KEYS = (
     "rnn", "refine", "refine_gates", "refine_init", "refine_bound", "forget_bias", "input_map",
-    "hidden_size", "channels", "dropout", "charset", "height", "width", "keep_ratio",
+    "hidden_size", "backbone", "channels", "dropout", "charset", "height", "width", "keep_ratio",
 )
 # Options that give the run its meaning: a resumed run keeps them unless told otherwise (--accept-changes).
 # max_steps is not among them (a run is lengthened by resuming it with more steps), nor are the options
@@ -89,6 +89,7 @@ class TrainConfig:
     forget_bias: float = 0.0  # 0: torch's random init; else the LSTM forget-gate bias at init
     input_map: bool = False  # linear map before each recurrent layer: x̃ = x_t, no projection
     hidden_size: int = 256
+    backbone: str = "vgg"  # or "resnet" (textrec.model.backbones); `channels` are its widths
     channels: tuple[int, ...] = VGG_CHANNELS
     dropout: float = 0.0
     charset: str = "36"
@@ -209,9 +210,12 @@ def check_config(config: TrainConfig) -> None:
     samples = config.val_max_samples
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
         raise bad("val_max_samples", samples, "a whole number of at least 1")
-    channels = config.channels
-    if len(channels) != 7 or any(not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= 8192 for c in channels):
-        raise bad("channels", list(channels), "seven whole numbers from 1 to 8192")
+    if config.backbone not in BACKBONES:
+        raise bad("backbone", config.backbone, f"one of {', '.join(BACKBONES)}")
+    channels, count = config.channels, len(BACKBONES[config.backbone][1])
+    if len(channels) != count or any(not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= 8192 for c in channels):
+        default = ",".join(map(str, BACKBONES[config.backbone][1]))
+        raise bad("channels", list(channels), f"{count} whole numbers from 1 to 8192 for the {config.backbone} backbone (its default: {default})")
     for name in ("train_data", "val_data", "synth_fonts", "refine_gates"):
         value = getattr(config, name)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -228,6 +232,7 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
         refine=config.refine,
         refine_gates=tuple(config.refine_gates) or None,
         hidden_size=config.hidden_size,
+        backbone=config.backbone,
         channels=tuple(config.channels),
         dropout=config.dropout,
         refine_init=config.refine_init,

@@ -1,4 +1,8 @@
-"""Convolutional feature extractors that turn a text-line image into a feature sequence."""
+"""Convolutional feature extractors that turn a text-line image into a feature sequence.
+
+Both map a 32-pixel-high input of width W to a 1-pixel-high map of W/4 + 1 frames (26 for W = 100),
+so the recurrent layers, the CTC head and the frame budget of the labels are the same for either.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ from torch import nn
 
 # Output channels of the seven convolutions of the CRNN paper's VGG (Shi et al. 2015).
 VGG_CHANNELS = (64, 128, 256, 256, 512, 512, 512)
+# Widths of the four residual stages of deep-text-recognition-benchmark's ResNet (Baek et al. 2019, after
+# Cheng et al. 2017's FAN): output 512; the stem has a quarter and a half of the first width.
+RESNET_CHANNELS = (128, 256, 512, 512)
+# Residual blocks per stage, as there.
+RESNET_BLOCKS = (1, 2, 5, 3)
 
 
 def _conv(c_in: int, c_out: int, kernel: int = 3, padding: int = 1) -> list[nn.Module]:
@@ -44,3 +53,65 @@ class VGG(nn.Module):
     def forward(self, images):
         # A mean over the height (the identity for 32-pixel inputs); unlike adaptive pooling it exports to ONNX.
         return self.features(images).mean(dim=2, keepdim=True)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1 convolution where the width changes)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity() if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """deep-text-recognition-benchmark's ResNet feature extractor, with its four stage widths as `channels`.
+
+    Stem: two 3x3 convolutions (a quarter and a half of the first stage's width), a 2x2 pool; stages of
+    1, 2, 5 and 3 basic blocks, the first three followed by a 3x3 convolution; 2x2 pools after the first
+    stage and (stride (2, 1), padded on the width) after the second; then two 2x2 convolutions, the first
+    with stride (2, 1) padded on the width: the same height and frame arithmetic as `VGG`. Written from
+    the paper's description and checked against that repository's layer list (tests/test_backbones.py).
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = RESNET_CHANNELS):
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"ResNet needs 4 stage widths, got {len(channels)}")
+        c = channels
+        stem = (max(1, c[0] // 4), max(1, c[0] // 2))
+        layers = [*_conv(in_channels, stem[0]), *_conv(stem[0], stem[1]), nn.MaxPool2d(2, 2)]
+        previous = stem[1]
+        pools = {0: nn.MaxPool2d(2, 2), 1: nn.MaxPool2d(kernel_size=2, stride=(2, 1), padding=(0, 1))}
+        for stage, (width, blocks) in enumerate(zip(c, RESNET_BLOCKS)):
+            for _ in range(blocks):
+                layers.append(BasicBlock(previous, width))
+                previous = width
+            if stage < 3:  # the last stage goes straight to the 2x2 convolutions
+                layers += _conv(width, width)
+            if stage in pools:
+                layers.append(pools[stage])
+        layers += [
+            nn.Conv2d(previous, previous, 2, stride=(2, 1), padding=(0, 1), bias=False), nn.BatchNorm2d(previous), nn.ReLU(inplace=True),
+            *_conv(previous, previous, kernel=2, padding=0),
+        ]
+        self.features = nn.Sequential(*layers)
+        self.out_channels = previous
+
+    output_width = staticmethod(VGG.output_width)  # the same frames for the same width
+
+    def forward(self, images):
+        return self.features(images).mean(dim=2, keepdim=True)
+
+
+# name -> (class, default widths)
+BACKBONES = {"vgg": (VGG, VGG_CHANNELS), "resnet": (ResNet, RESNET_CHANNELS)}

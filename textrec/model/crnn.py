@@ -1,4 +1,4 @@
-"""CRNN: a VGG backbone, bidirectional recurrent layers (vanilla or refined gates) and a linear CTC head."""
+"""CRNN: a convolutional backbone (VGG or ResNet), bidirectional recurrent layers (vanilla or refined gates) and a linear CTC head."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from ..nn import GatedRNN
-from .backbones import VGG, VGG_CHANNELS
-
-BACKBONES = ("vgg",)
+from .backbones import BACKBONES, VGG_CHANNELS
 # Config keys that came after the first checkpoint format, with the values that reproduce it.
 OPTIONAL_DEFAULTS = {"refine_init": "default", "refine_bound": "none", "forget_bias": 0.0, "input_map": False}
 
@@ -73,14 +71,14 @@ class CRNNConfig:
 
 
 class CRNN(nn.Module):
-    """Images (B, C, H, W) -> per-frame class logits (T, B, num_classes), T = W/4 + 1 for the VGG."""
+    """Images (B, C, H, W) -> per-frame class logits (T, B, num_classes), T = W/4 + 1 for either backbone."""
 
     def __init__(self, config: CRNNConfig):
         super().__init__()
         if config.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}")
         self.config = config
-        self.backbone = VGG(config.in_channels, config.channels)
+        self.backbone = BACKBONES[config.backbone][0](config.in_channels, config.channels)
         self.sequence = GatedRNN(
             config.rnn,
             self.backbone.out_channels,

@@ -1,0 +1,103 @@
+"""The convolutional backbones: VGG (the CRNN paper's) and ResNet (deep-text-recognition-benchmark's).
+
+Both must give the recurrent layers the same number of frames for any input width (the CTC frame
+budget of the labels depends on it), train, save and load, and be refused where they do not fit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imagegen import png_bytes, render_word, write_lmdb
+from textrec.charset import Charset
+from textrec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from textrec.data.images import Preprocess
+from textrec.errors import CheckpointError, ConfigError
+from textrec.model import CRNN, CRNNConfig
+from textrec.model.backbones import RESNET_CHANNELS, ResNet, VGG
+from textrec.predict import Recognizer
+from textrec.train import TrainConfig, train
+
+SMALL_RESNET = (8, 8, 16, 16)
+
+
+@pytest.mark.parametrize("width", [8, 32, 37, 100, 160, 257])
+def test_both_backbones_give_the_same_frames_for_any_width(width):
+    images = torch.randn(2, 1, 32, width)
+    vgg = VGG(1, (4, 4, 8, 8, 8, 8, 16))(images)
+    resnet = ResNet(1, SMALL_RESNET)(images)
+    assert vgg.shape[-1] == resnet.shape[-1] == VGG.output_width(width) == ResNet.output_width(width)
+    assert resnet.shape[:3] == (2, 16, 1)
+
+
+def test_the_resnet_has_the_reference_layout():
+    # deep-text-recognition-benchmark's ResNet_FeatureExtraction(1, 512): 1, 2, 5, 3 basic blocks of widths
+    # 128, 256, 512, 512, a stem of 32 and 64 channels, and about 44.4 M parameters in all.
+    net = ResNet(1, RESNET_CHANNELS)
+    blocks = [m for m in net.modules() if m.__class__.__name__ == "BasicBlock"]
+    assert len(blocks) == 11 and net.out_channels == 512
+    assert net.features[0].out_channels == 32 and net.features[3].out_channels == 64
+    assert 44e6 < sum(p.numel() for p in net.parameters()) < 45e6
+
+
+def test_a_resnet_model_trains_saves_loads_and_reads(tmp_path):
+    words = ["cat", "door", "exit", "open", "shop", "42"] * 4
+    data = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in words])
+    config = TrainConfig(
+        train_data=[str(data)], val_data=[str(data)], output=str(tmp_path / "run"), max_steps=6, batch_size=8,
+        val_interval=6, save_interval=6, workers=0, augment=False, backbone="resnet", channels=SMALL_RESNET,
+        hidden_size=16, device="cpu",
+    )
+    result = train(config)
+    assert result.steps == 6
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert checkpoint.model_config.backbone == "resnet" and checkpoint.model_config.channels == SMALL_RESNET
+    reading = Recognizer.from_checkpoint(tmp_path / "run" / "last.safetensors", device="cpu").read(render_word("cat"))
+    assert isinstance(reading.text, str)
+    # Resuming with the other backbone is refused: the architecture is part of the run.
+    with pytest.raises(CheckpointError, match="backbone"):
+        train(TrainConfig(**{**config.__dict__, "backbone": "vgg", "channels": (4, 4, 8, 8, 8, 8, 16), "max_steps": 8}))
+
+
+@pytest.mark.parametrize("backbone, channels, expected", [
+    ("resnet", (64, 128, 256, 256, 512, 512, 512), "4 whole numbers"),
+    ("vgg", (8, 8, 16, 16), "7 whole numbers"),
+    ("densenet", (8, 8, 16, 16), "one of vgg, resnet"),
+])
+def test_widths_that_do_not_fit_the_backbone_are_refused(tmp_path, backbone, channels, expected):
+    from textrec.train import check_config
+
+    with pytest.raises(ConfigError, match=expected):
+        check_config(TrainConfig(train_data=["x"], val_data=[], output=str(tmp_path), backbone=backbone, channels=channels))
+
+
+def test_a_checkpoint_whose_widths_do_not_fit_its_backbone_is_refused_before_building(tmp_path):
+    from test_reliability import rewrite
+
+    config = CRNNConfig(num_classes=37, backbone="resnet", channels=SMALL_RESNET, hidden_size=8)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, Checkpoint(config, Charset.from_spec("36"), Preprocess(), CRNN(config).state_dict()))
+    assert load_checkpoint(path).model_config.backbone == "resnet"
+    edited = rewrite(path, tmp_path / "vgg.safetensors", "model.backbone", "vgg")
+    with pytest.raises(CheckpointError, match=r"model\.channels = \[8, 8, 16, 16\] \(expected 7 widths"):
+        load_checkpoint(edited)
+    unknown = rewrite(path, tmp_path / "unknown.safetensors", "model.backbone", "densenet")
+    with pytest.raises(CheckpointError, match=r"model\.backbone = 'densenet' \(expected one of vgg, resnet\)"):
+        load_checkpoint(unknown)
+
+
+def test_the_cli_takes_the_backbone_and_its_default_widths(tmp_path):
+    from cliutil import assert_one_clear_line, invoke
+
+    data = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in ["cat", "door", "exit", "42"] * 3])
+    common = ["train", "--train-data", data, "--output", tmp_path / "run", "--max-steps", 1, "--batch-size", 4,
+              "--workers", 0, "--device", "cpu", "--hidden-size", 8, "--backbone", "resnet"]
+    assert_one_clear_line(invoke(*common, "--channels", "8,8,16,16,16,16,16"), "--channels", "4 whole numbers", "128,256,512,512")
+    result = invoke(*common, "--channels", "8,8,16,16")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors").model_config.channels == SMALL_RESNET
+    # Without --channels, the backbone's own default widths (deep-text-recognition-benchmark's 44 M-parameter ResNet).
+    result = invoke(*common[:-2], "--batch-size", 2, "--output", tmp_path / "default", "--backbone", "resnet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "default" / "last.safetensors").model_config.channels == RESNET_CHANNELS
