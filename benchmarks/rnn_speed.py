@@ -8,6 +8,14 @@ all models alike. The last line printed is one JSON object with the ratios (ours
     python benchmarks/rnn_speed.py                 # CPU, one thread
     python benchmarks/rnn_speed.py --device cuda   # GPU
     python benchmarks/rnn_speed.py --modes lstm --threads 2
+    python benchmarks/rnn_speed.py --modes lstm --variants add-io-vstart-tanh,add-io-map   # ablation variants
+
+`--whole-model CHECKPOINT` times batch-1 inference of the whole CRNN instead (backbone, recurrent layers,
+head; no gradients), the checkpoint's architecture with its vanilla layer against each variant (random
+weights: the time does not depend on them), on an input of the checkpoint's height and width.
+
+`--variants` takes the variant names of benchmarks/refine_ablation.py (without the unit: it comes from
+--modes); the default is one variant, --refine on every gate.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import time
 import torch
 from torch import nn
 
+from refine_ablation import parse_variant  # the variant names (benchmarks/ is the script's folder)
 from textrec.nn import GatedRNN
 
 
@@ -30,7 +39,7 @@ def sync(device: torch.device) -> None:
 
 
 def make_models(mode: str, args, device) -> dict[str, nn.Module]:
-    """Torch reference, our vanilla copy of it, and our refined layer, all with the same shapes."""
+    """Torch reference, our vanilla copy of it, and our refined layer(s), all with the same shapes."""
     kw = dict(num_layers=args.layers, bidirectional=True)
     torch_cls = nn.LSTM if mode == "lstm" else nn.GRU  # MGU has no torch twin: compared with GRU
     models = {"torch": torch_cls(args.input, args.hidden, **kw)}
@@ -38,7 +47,13 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
         models["vanilla"] = GatedRNN("mgu", args.input, args.hidden, **kw)
     else:
         models["vanilla"] = GatedRNN.from_torch(models["torch"])
-    models["refined"] = GatedRNN(mode, args.input, args.hidden, refine=args.refine, **kw)
+    for variant in args.variants:
+        options = parse_variant(f"{mode}-{variant}")
+        models[variant] = GatedRNN(
+            mode, args.input, args.hidden, refine=options["refine"], refine_gates=options["refine_gates"] or None,
+            refine_init=options["refine_init"], refine_bound=options["refine_bound"],
+            forget_bias=options["forget_bias"], input_map=options["input_map"], **kw,
+        )
     return {k: m.to(device) for k, m in models.items()}
 
 
@@ -76,6 +91,29 @@ def interleaved(models: dict[str, nn.Module], fn, x, device, repeats: int, warmu
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def whole_models(checkpoint: str, variants: list[str], device) -> tuple[dict[str, nn.Module], torch.Tensor]:
+    """The checkpoint's CRNN with vanilla gates and with each variant, and a batch-1 input of its size."""
+    import dataclasses
+
+    from textrec.checkpoint import load_checkpoint
+    from textrec.model import CRNN
+
+    loaded = load_checkpoint(checkpoint)
+    base = dataclasses.replace(loaded.model_config, refine="none", refine_gates=None, refine_init="default",
+                               refine_bound="none", forget_bias=0.0, input_map=False)
+    models = {"vanilla": CRNN(base)}
+    for variant in variants:
+        options = parse_variant(f"{base.rnn}-{variant}")
+        config = dataclasses.replace(
+            base, refine=options["refine"], refine_gates=tuple(options["refine_gates"]) or None,
+            refine_init=options["refine_init"], refine_bound=options["refine_bound"],
+            forget_bias=options["forget_bias"], input_map=options["input_map"],
+        )
+        models[variant] = CRNN(config)
+    image = torch.randn(1, base.in_channels, loaded.preprocess.height, loaded.preprocess.width, device=device)
+    return {k: m.to(device).eval() for k, m in models.items()}, image
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -90,7 +128,10 @@ def main() -> None:
     p.add_argument("--train-repeats", type=int, default=15)
     p.add_argument("--infer-repeats", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default=None, help="comma-separated refined variants to time (default: --refine)")
+    p.add_argument("--whole-model", metavar="CHECKPOINT", help="time batch-1 inference of this checkpoint's CRNN per variant")
     args = p.parse_args()
+    args.variants = [v.strip() for v in (args.variants or args.refine).split(",") if v.strip()]
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -98,6 +139,20 @@ def main() -> None:
     torch.manual_seed(args.seed)
     x_train = torch.randn(args.steps, args.batch, args.input, device=device, requires_grad=True)
     x_infer = torch.randn(args.steps, 1, args.input, device=device)
+
+    if args.whole_model:
+        models, image = whole_models(args.whole_model, args.variants, device)
+        infer = interleaved(models, time_infer, image, device, args.infer_repeats, warmup=5)
+        print(f"whole CRNN of {args.whole_model}, input {tuple(image.shape)}, batch 1, no grad, median of "
+              f"{args.infer_repeats}, threads={torch.get_num_threads() if device.type == 'cpu' else '-'}")
+        print(f"{'recurrent layer':<28}{'infer ms':>10}{'/ vanilla':>11}")
+        whole = {}
+        for name, seconds in infer.items():
+            print(f"{name:<28}{seconds * 1e3:>10.2f}{seconds / infer['vanilla']:>11.3f}")
+            whole[f"whole_infer_ms_{name}"] = round(seconds * 1e3, 3)
+            whole[f"whole_infer_ratio_{name}"] = round(seconds / infer["vanilla"], 3)
+        print(json.dumps(dict(whole, device=str(device), torch=torch.__version__), sort_keys=True))
+        return
 
     result: dict[str, object] = {}
     rows = []
@@ -108,22 +163,24 @@ def main() -> None:
             m.eval()
         infer = interleaved(models, time_infer, x_infer, device, args.infer_repeats, warmup=5)
         ref_name = "torch.nn." + ("LSTM" if mode == "lstm" else "GRU")
-        for kind in ("torch", "vanilla", "refined"):
-            label = ref_name if kind == "torch" else f"GatedRNN {mode} " + ("none" if kind == "vanilla" else args.refine)
+        for kind in models:
+            label = ref_name if kind == "torch" else f"GatedRNN {mode} " + ("none" if kind == "vanilla" else kind)
             rows.append((label, train[kind] * 1e3, infer[kind] * 1e3, train[kind] / train["torch"], infer[kind] / infer["torch"]))
-            if kind != "torch":
-                result[f"train_ratio_{kind}_{mode}"] = round(train[kind] / train["torch"], 3)
-                result[f"infer_ratio_{kind}_{mode}"] = round(infer[kind] / infer["torch"], 3)
-            result[f"train_ms_{kind}_{mode}"] = round(train[kind] * 1e3, 2)
-            result[f"infer_ms_{kind}_{mode}"] = round(infer[kind] * 1e3, 3)
+            # The first variant is also reported as "refined" (the keys of this script's first version).
+            for key in [kind] + (["refined"] if kind == args.variants[0] else []):
+                if kind != "torch":
+                    result[f"train_ratio_{key}_{mode}"] = round(train[kind] / train["torch"], 3)
+                    result[f"infer_ratio_{key}_{mode}"] = round(infer[kind] / infer["torch"], 3)
+                result[f"train_ms_{key}_{mode}"] = round(train[kind] * 1e3, 2)
+                result[f"infer_ms_{key}_{mode}"] = round(infer[kind] * 1e3, 3)
 
     print(f"device={device} threads={torch.get_num_threads() if device.type == 'cpu' else '-'} torch={torch.__version__} "
           f"cpu={platform.processor() or platform.machine()}")
     print(f"train: T={args.steps} B={args.batch} in={args.input} hidden={args.hidden} layers={args.layers} bidirectional, "
           f"forward+backward, median of {args.train_repeats}; infer: batch 1, no grad, median of {args.infer_repeats}")
-    print(f"{'model':<24}{'train ms':>10}{'infer ms':>10}{'train/torch':>13}{'infer/torch':>13}")
+    print(f"{'model':<36}{'train ms':>10}{'infer ms':>10}{'train/torch':>13}{'infer/torch':>13}")
     for label, tr, inf, rt, ri in rows:
-        print(f"{label:<24}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
+        print(f"{label:<36}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
     result.update(device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None,
                   refine=args.refine, torch=torch.__version__)
     print(json.dumps(result, sort_keys=True))

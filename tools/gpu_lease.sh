@@ -20,6 +20,8 @@
 #   4. validates the last checkpoint on both protocols, exports best and last as float16, and
 #      copies them with the logs to $OUT (the device tool brings that folder back).
 # The warm-up (300 steps) is independent of max_steps, so the probe's steps are part of the run.
+# TRAIN_ARGS adds `textrec train` options to both runs, e.g. a refined layer that starts as the vanilla one:
+#   TRAIN_ARGS="--refine add --refine-gates i,o --refine-init vanilla --refine-bound tanh"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -55,14 +57,16 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >
 SAMPLER=$!
 if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps measured apart (issue 10), into lease.log
     log "data speed: $DATA_SPEED_SECONDS s per part"
-    timeout 150 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 256 \
-        --batch-sizes 256 1024 --seconds "$DATA_SPEED_SECONDS" --warmup 10 --fonts data/gpu/fonts \
+    timeout 200 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 256 \
+        --batch-sizes 256 1024 2048 --seconds "$DATA_SPEED_SECONDS" --warmup 10 --fonts data/gpu/fonts \
         --train-data synth:0.75 'data/gpu/real_train/*:0.25' >> "$OUT/lease.log" 2>&1
 fi
 
 log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
+read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
+[ "${#EXTRA[@]}" -gt 0 ] && log "train options: ${EXTRA[*]}"
 timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
-    --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
+    "${EXTRA[@]}" --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
 PLAN=$(python3 - "$RUN" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" "${FALLBACK_RATE:-3500}" <<'EOF'
 import json, os, sys
 run, lease, reserve, now, fallback = sys.argv[1], *map(int, sys.argv[2:])
@@ -87,7 +91,7 @@ TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
 INIT=()
 [ -f "$RUN/resume.pt" ] || INIT=(--init-from "$INIT_FROM")  # the probe never saved: start here
 timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --scene-device "$SCENE_DEVICE" --max-steps "$MAX_STEPS" \
-    --output "$RUN" >> "$OUT/train.log" 2>&1
+    "${EXTRA[@]}" --output "$RUN" >> "$OUT/train.log" 2>&1
 log "training ended (exit $?)"
 
 textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --json "$OUT/val_last_36.json" >> "$OUT/lease.log" 2>&1
