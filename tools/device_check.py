@@ -5,11 +5,16 @@
 Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and why, on stderr:
   SCENE_DEVICE=cpu      the batched image stage failed on the GPU: finish batches on the CPU instead
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
-Nothing is printed on stdout when both work (or when there is no GPU).
+  TRAIN_ARGS=           $TRAIN_ARGS asks for refined gates (--refine ...) and a training step of the checkpoint
+                        turned into that refined model failed: continue with vanilla gates instead
+Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shlex
 import sys
 import tomllib
 import traceback
@@ -21,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textrec.charset import Charset  # noqa: E402
 from textrec.checkpoint import load_checkpoint  # noqa: E402
+from textrec.model import CRNN, CRNNConfig  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
 
 
@@ -53,17 +59,41 @@ def main() -> None:
         images = Finisher(height, width, 0, "cpu").model_input(batch, 0).to(device)
     model = checkpoint.build_model().to(device).train()
     try:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        with torch.autocast("cuda"):
-            logits = model(images)
-        loss = logits.float().log_softmax(2).mean()
-        loss.backward()
-        optimizer.step()
-        torch.cuda.synchronize()
-        assert torch.isfinite(loss)
+        training_step(model, images)
     except Exception as error:  # noqa: BLE001
         report("a training step with torch's RNN kernel failed", error)
         print("TEXTREC_TORCH_RNN=0")
+    refined = refined_config(checkpoint.model_config, os.environ.get("TRAIN_ARGS", ""))
+    if refined is not None:
+        try:
+            training_step(CRNN(refined).to(device).train(), images)
+        except Exception as error:  # noqa: BLE001
+            report(f"a training step of the refined model ({os.environ['TRAIN_ARGS']}) failed", error)
+            print("TRAIN_ARGS=")
+
+
+def training_step(model, images) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    with torch.autocast("cuda"):
+        logits = model(images)
+    loss = logits.float().log_softmax(2).mean()
+    loss.backward()
+    optimizer.step()
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss)
+
+
+def refined_config(config: CRNNConfig, train_args: str) -> CRNNConfig | None:
+    """The checkpoint's architecture with the --refine options of `train_args`; None when it names none."""
+    words = shlex.split(train_args)
+    options = {words[i][2:].replace("-", "_"): words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--refine")}
+    if "refine" not in options:
+        return None
+    gates = options.get("refine_gates")
+    return dataclasses.replace(
+        config, refine=options["refine"], refine_gates=tuple(gates.split(",")) if gates else None,
+        refine_init=options.get("refine_init", "default"), refine_bound=options.get("refine_bound", "none"),
+    )
 
 
 def crop_for_check(source: SynthSource, finisher: Finisher):
