@@ -90,7 +90,7 @@ def draw_histograms(histograms: dict[str, dict[str, list[float]]], path: str, sa
             draw.text((x0 - 48, sy(10.0**exponent) - 7), f"1e{exponent}", fill="black", font=font)
         for k in range(6):
             v = start + (stop - start) * k / 5
-            draw.text((sx(v) - 10, y1 + 4), f"{v:g}", fill="black", font=font)
+            draw.text((sx(v) - draw.textlength(f"{v:g}", font=font) / 2, y1 + 4), f"{v:g}", fill="black", font=font)
         for edge in (0.0, 1.0):  # the sigmoid's own range, on the value panel
             if start < edge < stop:
                 draw.line((sx(edge), y0, sx(edge), y1), fill=(160, 160, 160))
