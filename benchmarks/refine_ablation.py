@@ -105,10 +105,15 @@ def parse_variant(name: str) -> dict:
         else:
             raise ValueError(f"variant {name!r}: unknown token {token!r}")
     # Checked now, not an hour into the plan: the layer accepts the combination.
-    GatedRNN(values["rnn"], 8, 4, refine=values["refine"], refine_gates=values["refine_gates"] or None,
-             refine_init=values["refine_init"], refine_bound=values["refine_bound"],
-             forget_bias=values["forget_bias"], input_map=values["input_map"])
+    GatedRNN(values["rnn"], 8, 4, **layer_options(values))
     return values
+
+
+def layer_options(values: dict) -> dict:
+    """A parsed variant's keyword arguments for `GatedRNN` and `CRNNConfig` (everything but the unit)."""
+    return {"refine": values["refine"], "refine_gates": tuple(values["refine_gates"]) or None,
+            "refine_init": values["refine_init"], "refine_bound": values["refine_bound"],
+            "forget_bias": values["forget_bias"], "input_map": values["input_map"]}
 
 
 def load_recipe(path: Path) -> dict:

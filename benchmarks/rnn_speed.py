@@ -29,7 +29,7 @@ import time
 import torch
 from torch import nn
 
-from refine_ablation import parse_variant  # the variant names (benchmarks/ is the script's folder)
+from refine_ablation import VARIANT_DEFAULTS, layer_options, parse_variant  # the variant names (benchmarks/ is the script's folder)
 from textrec.nn import GatedRNN
 
 
@@ -48,12 +48,7 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
     else:
         models["vanilla"] = GatedRNN.from_torch(models["torch"])
     for variant in args.variants:
-        options = parse_variant(f"{mode}-{variant}")
-        models[variant] = GatedRNN(
-            mode, args.input, args.hidden, refine=options["refine"], refine_gates=options["refine_gates"] or None,
-            refine_init=options["refine_init"], refine_bound=options["refine_bound"],
-            forget_bias=options["forget_bias"], input_map=options["input_map"], **kw,
-        )
+        models[variant] = GatedRNN(mode, args.input, args.hidden, **layer_options(parse_variant(f"{mode}-{variant}")), **kw)
     return {k: m.to(device) for k, m in models.items()}
 
 
@@ -99,17 +94,10 @@ def whole_models(checkpoint: str, variants: list[str], device) -> tuple[dict[str
     from textrec.model import CRNN
 
     loaded = load_checkpoint(checkpoint)
-    base = dataclasses.replace(loaded.model_config, refine="none", refine_gates=None, refine_init="default",
-                               refine_bound="none", forget_bias=0.0, input_map=False)
+    base = dataclasses.replace(loaded.model_config, **layer_options(VARIANT_DEFAULTS))
     models = {"vanilla": CRNN(base)}
     for variant in variants:
-        options = parse_variant(f"{base.rnn}-{variant}")
-        config = dataclasses.replace(
-            base, refine=options["refine"], refine_gates=tuple(options["refine_gates"]) or None,
-            refine_init=options["refine_init"], refine_bound=options["refine_bound"],
-            forget_bias=options["forget_bias"], input_map=options["input_map"],
-        )
-        models[variant] = CRNN(config)
+        models[variant] = CRNN(dataclasses.replace(base, **layer_options(parse_variant(f"{base.rnn}-{variant}"))))
     image = torch.randn(1, base.in_channels, loaded.preprocess.height, loaded.preprocess.width, device=device)
     return {k: m.to(device).eval() for k, m in models.items()}, image
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from textrec.decoder import METHODS, PER_SAMPLE
 from textrec.errors import DataError
-from textrec.predict import Recognizer, collect_image_paths, cpu_threads, resolve_device
+from textrec.predict import Recognizer, collect_image_paths, cpu_threads, reads_on_cpu
 
 from .common import err_console, fail, user_errors
 from .decoding import check_decoder_options, use_decoder
@@ -65,7 +65,7 @@ def predict(
         fail("no images to read")
     model_file = resolve_checkpoint(checkpoint)
     chosen = cpu_threads(len(paths), batch_size, threads)
-    if chosen and (model_file.suffix.lower() == ".onnx" or resolve_device(device).type == "cpu"):
+    if chosen and reads_on_cpu(model_file, device):
         torch.set_num_threads(chosen)  # onnxruntime takes torch's number of threads too
     recognizer = Recognizer.from_checkpoint(model_file, device=device, orientation=orientation)
     use_decoder(recognizer, decoder, beam_width, lexicon)

@@ -40,6 +40,16 @@ def cpu_threads(images: int, batch_size: int, requested: int = 0) -> int | None:
     return 1 if min(images, batch_size) <= SMALL_BATCH else None
 
 
+def is_onnx_graph(path: str | Path) -> bool:
+    """Whether `Recognizer.from_checkpoint` reads `path` as an ONNX graph (run by onnxruntime, on the CPU)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def reads_on_cpu(checkpoint: str | Path, device: str = "auto") -> bool:
+    """Whether `Recognizer.from_checkpoint(checkpoint, device)` runs its model on the CPU."""
+    return is_onnx_graph(checkpoint) or resolve_device(device).type == "cpu"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device an option names; ConfigError when it is unknown or not on this machine."""
     if device == "auto":
@@ -175,7 +185,7 @@ class Recognizer:
         """A recognizer for a checkpoint file, or for an ONNX graph written by `textrec export` (`.onnx`: run
         with onnxruntime on the CPU, its charset, preprocessing and calibration read from the graph's metadata).
         `orientation`: True (the default `Orientation`), False (read every crop as it is), or your own."""
-        if Path(path).suffix.lower() != ".onnx":
+        if not is_onnx_graph(path):
             return cls.from_loaded(load_checkpoint(path), device, orientation)
         from .export import onnx_recognizer
 

@@ -3,8 +3,8 @@
 `GlyphSource.sample(index)` chooses a text, a font that draws every character of it, a font
 size and a letter spacing, and puts the text's coverage mask (uint8, 255 = ink) together from
 glyphs rasterised once per font and size (`GlyphAtlas`), with the ink box and the em size in
-mask pixels. Everything else (geometry, colours,
-background, clutter, camera) happens batched on the training device (`textrec.synth.scene`).
+mask pixels. Everything else (geometry, colours, background, clutter, camera) happens batched on
+the training device (`textrec.synth.scene`).
 
 A sample is a pure function of (seed, index) and the font list: any worker renders it alike.
 """
@@ -119,7 +119,7 @@ class GlyphSource:
 
 class Kerning:
     """A face's kerning in ems, per pair of characters, measured once per process at KERNING_SIZE
-    px (kerning scales with the em; measuring it per size would repeat the same work 15 times)."""
+    px (kerning scales with the em; measuring it per size would repeat the same work for each of EM_SIZES)."""
 
     def __init__(self, face: FontFace):
         self.font = load_font(face, KERNING_SIZE)
