@@ -108,7 +108,28 @@ def test_gradcheck_variant_gate_subsets(mode, gates, kwargs):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_matches_eager_variants(mode, variant, grad):
-    rnn = GatedRNN(mode, 5, 4, num_layers=2, bidirectional=True, batch_first=True, **VARIANTS[variant]).double()
+    _assert_fast_matches_eager(mode, VARIANTS[variant], grad)
+
+
+# Gate subsets: the fast path combines only the refined blocks (a strided view for LSTM i, o and f, o; the
+# span for i, f, o) and reads the other gates from their sigmoids; recorded gate values included.
+SUBSETS = [
+    ("lstm", ("i", "o")), ("lstm", ("f", "o")), ("lstm", ("i", "f", "o")), ("lstm", ("f",)), ("lstm", ("o",)),
+    ("gru", ("z",)), ("gru", ("r",)),
+]
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("kwargs", [dict(refine="add", refine_init="vanilla", refine_bound="tanh"),
+                                    dict(refine="mul", refine_init="vanilla"), dict(refine="mul", refine_bound="tanh")],
+                         ids=["add-vstart-tanh", "mul-vstart", "mul-tanh"])
+@pytest.mark.parametrize("mode,gates", SUBSETS, ids=[f"{m}-{''.join(g)}" for m, g in SUBSETS])
+def test_fast_matches_eager_gate_subsets(mode, gates, kwargs, grad):
+    _assert_fast_matches_eager(mode, dict(kwargs, refine_gates=gates), grad)
+
+
+def _assert_fast_matches_eager(mode, kwargs, grad):
+    rnn = GatedRNN(mode, 5, 4, num_layers=2, bidirectional=True, batch_first=True, **kwargs).double()
     _wake_projections(rnn, 0.3)
     x = torch.randn(3, 7, 5, dtype=torch.double, requires_grad=grad)
     h0 = torch.randn(4, 3, 4, dtype=torch.double)

@@ -50,36 +50,40 @@ def short_connection(xt: Tensor | None, xform: tuple[str, float]) -> Tensor | No
     return xt
 
 
-def _xt_raw(proj: Tensor | None, G: int, xt_in: Tensor | None, refined_blocks, refine: str, xform) -> Tensor | None:
-    """In a backward: the untransformed x̃ (projection block or layer input), when it is needed
-    (for "mul", whose slope involves x̃, or for a tanh bound, whose derivative does)."""
-    if not refined_blocks or (refine != "mul" and xform[0] == "none"):
+def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform) -> Tensor | None:
+    """x̃ through its bound (tanh or none), before any offset: what a backward needs of it."""
+    if not refined_blocks:
         return None
-    return _split(proj, G, xt_in, True)[1]
+    xt = _split(proj, G, xt_in, True)[1]
+    return torch.tanh(xt) if xform[0] == "tanh" else xt
 
 
-def _bound_grad(d_xt: Tensor, xt_raw: Tensor | None, xform) -> Tensor:
-    """Chain a gradient reaching the bounded x̃ back through tanh, in place."""
+def _with_offset(bounded: Tensor | None, xform) -> Tensor | None:
+    """x̃ as the gates see it (``short_connection``), from its bounded part."""
+    return bounded + xform[1] if bounded is not None and xform[1] else bounded
+
+
+def _keeps_bounded(refine: str, xform) -> bool:
+    """Whether a backward needs x̃: for "mul" (its slope involves x̃) and for a tanh bound (its derivative does)."""
+    return refine == "mul" or xform[0] != "none"
+
+
+def _bound_grad(d_xt: Tensor, bounded: Tensor | None, xform) -> Tensor:
+    """Chain a gradient reaching the bounded x̃ back through tanh (1 - tanh², from the saved tanh), in place."""
     if xform[0] == "tanh":
-        t = torch.tanh(xt_raw)
-        d_xt.mul_(torch.addcmul(torch.ones_like(t), t, t, value=-1))
+        d_xt.mul_(torch.addcmul(torch.ones_like(bounded), bounded, bounded, value=-1))
     return d_xt
 
 
-def _refine_factor(xt: Tensor | None, mask: tuple[float, ...], refine: str) -> Tensor | None:
-    """Per gate block, what the sigmoid is combined with: (D, T, B, blocks, H), maybe expanded.
-
-    ``mask`` has one entry per row block of the gate tensor: 1 for a refined gate, 0 for a
-    block left alone (the combination is then ``+ 0`` or ``× 1``).
-    """
-    if xt is None:
+def _refined_slice(refined_blocks: tuple[int, ...]) -> slice | None:
+    """The row blocks a refinement writes, as one slice of the (..., blocks, H) gate view: the refined
+    blocks, evenly spaced (LSTM i, o: ``0::3``), or else their span, which can only add the LSTM's g
+    block (``i, f, o``: ``0:4``), overwritten by the candidate right after."""
+    if not refined_blocks:
         return None
-    blocks = len(mask)
-    xt5 = xt.unsqueeze(-2)
-    if all(mask):
-        return xt5.expand(*xt.shape[:-1], blocks, xt.shape[-1])
-    m = xt.new_tensor(mask).view(blocks, 1)
-    return xt5 * m if refine == "add" else torch.addcmul(1 - m, xt5, m)
+    gaps = {b - a for a, b in zip(refined_blocks, refined_blocks[1:])}
+    step = gaps.pop() if len(gaps) == 1 else 1
+    return slice(refined_blocks[0], refined_blocks[-1] + 1, step)
 
 
 def _combine(sig: Tensor, r: Tensor, refine: str, out: Tensor) -> Tensor:
@@ -88,12 +92,25 @@ def _combine(sig: Tensor, r: Tensor, refine: str, out: Tensor) -> Tensor:
     return torch.mul(sig, r, out=out)
 
 
-def _slope(S: Tensor, r: Tensor | None, refine: str, blocks: int) -> Tensor:
-    """d(gate value)/d(pre-activation) for every block: σ(1 - σ), times x̃ for "mul"."""
+def _slope(S: Tensor, r5: Tensor | None, refine: str, blocks: int, sl: slice | None) -> Tensor:
+    """d(gate value)/d(pre-activation) for every block: σ(1 - σ), times x̃ on the refined blocks for "mul"."""
     K = torch.addcmul(S, S, S, value=-1)
-    if r is not None and refine == "mul":
-        K.view(*S.shape[:-1], blocks, -1).mul_(r)
+    if r5 is not None and refine == "mul":
+        K.view(*S.shape[:-1], blocks, -1)[..., sl, :].mul_(r5)
     return K
+
+
+def _mul_factor(bounded: Tensor | None, refine: str, xform) -> Tensor | None:
+    """In a backward of "mul": x̃ as the gates saw it, (..., 1, H) to broadcast over the refined blocks."""
+    if refine != "mul" or bounded is None:
+        return None
+    return _with_offset(bounded, xform).unsqueeze(-2)
+
+
+def _values(S: Tensor, V: Tensor, refined_blocks, blocks: int, H: int, also=()) -> list[Tensor]:
+    """Each block's gate value: the combination (V) for a refined block (and the blocks in ``also``,
+    which the recurrence writes into V), the sigmoid itself (S) for the others."""
+    return [_block(V if (k in refined_blocks or k in also) else S, k, H) for k in range(blocks)]
 
 
 def _accumulate_xt(terms, refine: str, out: Tensor) -> Tensor:
@@ -143,32 +160,35 @@ def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None) -> Tensor:
 # ------------------------------------------------------------------ LSTM (blocks i, f, g, o)
 
 
-def lstm_forward(xg, xt, h0, c0, w_t, refine, mask, keep):
+def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep):
     """LSTM over (D, T, B, 4H) gate inputs. Returns (H_full, c_n, saved): H_full is
-    (D, T+1, B, H) with h0 in slot 0; saved = (S, V, C_full, tanh c) if ``keep``."""
+    (D, T+1, B, H) with h0 in slot 0; saved = (S, V, C_full, tanh c) if ``keep``.
+
+    Only the refined blocks are combined with x̃ (one op per step on a strided view of the
+    blocks); the other gates are read from the sigmoids (see `_values`)."""
     D, T, B, G = xg.shape
     H = G // 4
-    r = _refine_factor(xt, mask, refine)
+    sl = _refined_slice(refined_blocks) if xt is not None else None
     shape = (D, T, B) if keep else (D, B)
     a = xg.new_empty(D, B, G)
     a_g = _block(a, 2, H)
     S = xg.new_empty(*shape, G)  # sigmoids (the g block is scratch)
-    V = S if r is None else xg.new_empty(*shape, G)  # gate values; tanh candidate in the g block
+    V = S if sl is None else xg.new_empty(*shape, G)  # refined gate values; tanh candidate in the g block
     TC = xg.new_empty(*shape, H)
     Hf = _with_initial(h0, T)
     Cf = _with_initial(c0, T) if keep else None
     C_s = Cf.unbind(1) if keep else [c0.clone()] * (T + 1)
     xg_s, H_s = xg.unbind(1), Hf.unbind(1)
     S_s, TC_s = _steps(S, keep, T), _steps(TC, keep, T)
-    i_s, f_s, g_s, o_s = (_steps(_block(V, k, H), keep, T) for k in range(4))
-    if r is not None:
-        S4_s, V4_s = (_steps(t.view(*t.shape[:-1], 4, H), keep, T) for t in (S, V))
-        r_s = r.unbind(1)
+    i_s, f_s, g_s, o_s = (_steps(t, keep, T) for t in _values(S, V, refined_blocks, 4, H, also=(2,)))
+    if sl is not None:
+        S4_s, V4_s = (_steps(t.view(*t.shape[:-1], 4, H)[..., sl, :], keep, T) for t in (S, V))
+        r_s = xt.unsqueeze(-2).unbind(1)
     h = h0
     for s in range(T):
         torch.baddbmm(xg_s[s], h, w_t, out=a)
         torch.sigmoid(a, out=S_s[s])
-        if r is not None:
+        if sl is not None:
             _combine(S4_s[s], r_s[s], refine, V4_s[s])
         torch.tanh(a_g, out=g_s[s])
         c = torch.mul(f_s[s], C_s[s], out=C_s[s + 1])
@@ -180,12 +200,12 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, mask, keep):
 
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, mask, refined_blocks, xform, sink):
-        xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
-        xt = short_connection(xt, xform)
-        Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, xt, h0, c0, w_t, refine, mask, keep=True)
-        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
+    def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, refined_blocks, xform, sink):
+        xg = _split(proj, G, xt_in, False)[0]
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, _with_offset(bounded, xform), h0, c0, w_t, refine, refined_blocks, keep=True)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Cf
         return Hf, c_n
@@ -193,20 +213,17 @@ class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf, d_cn):
-        proj, xt_in, w_t, S, V, Cf, TC, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks, xform = ctx.cfg
+        bounded, xt_in, w_t, S, V, Cf, TC, Hf = ctx.saved_tensors
+        G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, _ = S.shape
         H = G // 4
         w_hh = w_t.transpose(1, 2).contiguous()
-        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
-        r = None
-        if refine == "mul" and refined_blocks:
-            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
-        i, f, g, o = (_block(V, k, H) for k in range(4))
+        r5 = _mul_factor(bounded, refine, xform)
+        i, f, g, o = _values(S, V, refined_blocks, 4, H, also=(2,))
         c_prev, h = Cf[:, :-1], Hf[:, 1:]
         # K becomes, in place: [σ_i'·g, σ_f'·c_prev, (1 - g²)·i, σ_o'·tanh c] so that
         # dA_{i,f,g} = dc·K_{i,f,g} and dA_o = dh·K_o.
-        K = _slope(S, r, refine, 4)
+        K = _slope(S, r5, refine, 4, _refined_slice(refined_blocks))
         K_i, K_f, K_g, K_o = (_block(K, k, H) for k in range(4))
         K_i.mul_(g)
         K_f.mul_(c_prev)
@@ -242,39 +259,39 @@ class LSTMRecurrence(torch.autograd.Function):
             parts = {0: (DC, g), 1: (DC, c_prev), 3: (DH, TC)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
-            _bound_grad(d_xt, xt_raw, xform)
+            _bound_grad(d_xt, bounded, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ GRU (blocks r, z, n)
 
 
-def gru_forward(xg, xt, h0, w_t, b_hh, refine, mask, keep):
+def gru_forward(xg, xt, h0, w_t, b_hh, refine, refined_blocks, keep):
     """GRU over (D, T, B, 3H) gate inputs ``W_ih x + b_ih`` (``b_hh`` stays inside ``r ⊙``)."""
     D, T, B, G = xg.shape
     H = G // 3
-    r = _refine_factor(xt, mask, refine)
+    sl = _refined_slice(refined_blocks) if xt is not None else None
     shape = (D, T, B) if keep else (D, B)
     bias = b_hh.unsqueeze(1)
     HH = xg.new_empty(*shape, G)  # W_hh h + b_hh
     S = xg.new_empty(*shape, 2 * H)
-    V = S if r is None else xg.new_empty(*shape, 2 * H)
+    V = S if sl is None else xg.new_empty(*shape, 2 * H)
     Nn = xg.new_empty(*shape, H)
     Hf = _with_initial(h0, T)
     H_s = Hf.unbind(1)
     xrz_s, xn_s = xg[..., : 2 * H].unbind(1), xg[..., 2 * H :].unbind(1)
     HH_s, S_s, N_s = (_steps(t, keep, T) for t in (HH, S, Nn))
     hrz_s, hn_s = _steps(HH[..., : 2 * H], keep, T), _steps(HH[..., 2 * H :], keep, T)
-    rg_s, z_s = (_steps(_block(V, k, H), keep, T) for k in range(2))
-    if r is not None:
-        S2_s, V2_s = (_steps(t.view(*t.shape[:-1], 2, H), keep, T) for t in (S, V))
-        r_s = r.unbind(1)
+    rg_s, z_s = (_steps(t, keep, T) for t in _values(S, V, refined_blocks, 2, H))
+    if sl is not None:
+        S2_s, V2_s = (_steps(t.view(*t.shape[:-1], 2, H)[..., sl, :], keep, T) for t in (S, V))
+        r_s = xt.unsqueeze(-2).unbind(1)
     h = h0
     for s in range(T):
         torch.baddbmm(bias, h, w_t, out=HH_s[s])
         torch.add(xrz_s[s], hrz_s[s], out=S_s[s]).sigmoid_()
-        if r is not None:
+        if sl is not None:
             _combine(S2_s[s], r_s[s], refine, V2_s[s])
         n = torch.addcmul(xn_s[s], rg_s[s], hn_s[s], out=N_s[s])
         n.tanh_()
@@ -284,12 +301,12 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, mask, keep):
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, b_hh, G, refine, mask, refined_blocks, xform, sink):
-        xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
-        xt = short_connection(xt, xform)
-        Hf, (S, V, HH, Nn) = gru_forward(xg, xt, h0, w_t, b_hh, refine, mask, keep=True)
-        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
+    def forward(ctx, proj, xt_in, h0, w_t, b_hh, G, refine, refined_blocks, xform, sink):
+        xg = _split(proj, G, xt_in, False)[0]
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        Hf, (S, V, HH, Nn) = gru_forward(xg, _with_offset(bounded, xform), h0, w_t, b_hh, refine, refined_blocks, keep=True)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
         return Hf
@@ -297,22 +314,19 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        proj, xt_in, w_t, S, V, HH, Nn, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks, xform = ctx.cfg
+        bounded, xt_in, w_t, S, V, HH, Nn, Hf = ctx.saved_tensors
+        G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, _ = HH.shape
         H = G // 3
         w_hh = w_t.transpose(1, 2).contiguous()
-        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
-        r = None
-        if refine == "mul" and refined_blocks:
-            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
-        rg, z = _block(V, 0, H), _block(V, 1, H)
+        r5 = _mul_factor(bounded, refine, xform)
+        rg, z = _values(S, V, refined_blocks, 2, H)
         hn = HH[..., 2 * H :]
         h_prev = Hf[:, :-1]
         hmn = h_prev - Nn
         omz = 1 - z
         Q = torch.addcmul(omz, omz * Nn, Nn, value=-1)  # d n_pre / d h' = (1 - z)(1 - n²)
-        K = _slope(S, r, refine, 2)  # becomes [σ_r'·hn·Q, σ_z'·(h - n)]
+        K = _slope(S, r5, refine, 2, _refined_slice(refined_blocks))  # becomes [σ_r'·hn·Q, σ_z'·(h - n)]
         _block(K, 0, H).mul_(hn).mul_(Q)
         _block(K, 1, H).mul_(hmn)
         d_proj = S.new_empty(D, T, B, N)
@@ -344,33 +358,32 @@ class GRURecurrence(torch.autograd.Function):
             parts = {0: (DNP, hn), 1: (DH, hmn)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
-            _bound_grad(d_xt, xt_raw, xform)
+            _bound_grad(d_xt, bounded, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, d_b_hh, None, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, d_w_t, d_b_hh, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ MGU (blocks f, n)
 
 
-def mgu_forward(xg, xt, h0, w_t, refine, mask, keep):
-    """MGU over (D, T, B, 2H) gate inputs ``W_ih x + b_ih + b_hh``."""
+def mgu_forward(xg, xt, h0, w_t, refine, keep):
+    """MGU over (D, T, B, 2H) gate inputs ``W_ih x + b_ih + b_hh`` (its one sigmoid gate f is refined when ``xt`` is given)."""
     D, T, B, G = xg.shape
     H = G // 2
     uf_t, un_t = w_t[..., :H], w_t[..., H:]
-    r = _refine_factor(xt, mask, refine)
     shape = (D, T, B) if keep else (D, B)
     S = xg.new_empty(*shape, H)
-    V = S if r is None else xg.new_empty(*shape, H)
+    V = S if xt is None else xg.new_empty(*shape, H)
     FH, Nn = xg.new_empty(*shape, H), xg.new_empty(*shape, H)
     Hf = _with_initial(h0, T)
     H_s = Hf.unbind(1)
     xf_s, xn_s = xg[..., :H].unbind(1), xg[..., H:].unbind(1)
     S_s, V_s, FH_s, N_s = (_steps(t, keep, T) for t in (S, V, FH, Nn))
-    r_s = None if r is None else r[..., 0, :].unbind(1)
+    r_s = None if xt is None else xt.unbind(1)
     h = h0
     for s in range(T):
         f = torch.baddbmm(xf_s[s], h, uf_t, out=S_s[s]).sigmoid_()
-        if r is not None:
+        if r_s is not None:
             f = _combine(f, r_s[s], refine, V_s[s])
         fh = torch.mul(f, h, out=FH_s[s])
         torch.baddbmm(xn_s[s], fh, un_t, out=N_s[s]).tanh_()
@@ -380,12 +393,12 @@ def mgu_forward(xg, xt, h0, w_t, refine, mask, keep):
 
 class MGURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, G, refine, mask, refined_blocks, xform, sink):
-        xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
-        xt = short_connection(xt, xform)
-        Hf, (S, V, FH, Nn) = mgu_forward(xg, xt, h0, w_t, refine, mask, keep=True)
-        ctx.save_for_backward(proj if _keeps_proj(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, mask, refined_blocks, xform)
+    def forward(ctx, proj, xt_in, h0, w_t, G, refine, refined_blocks, xform, sink):
+        xg = _split(proj, G, xt_in, False)[0]
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        Hf, (S, V, FH, Nn) = mgu_forward(xg, _with_offset(bounded, xform), h0, w_t, refine, keep=True)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf)
+        ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
         return Hf
@@ -393,15 +406,11 @@ class MGURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        proj, xt_in, w_t, S, V, FH, Nn, Hf = ctx.saved_tensors
-        G, N, refine, mask, refined_blocks, xform = ctx.cfg
+        bounded, xt_in, w_t, S, V, FH, Nn, Hf = ctx.saved_tensors
+        G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, H = S.shape
         uf, un = (w_t[..., k * H : (k + 1) * H].transpose(1, 2).contiguous() for k in range(2))
-        xt_raw = _xt_raw(proj, G, xt_in, refined_blocks, refine, xform)
-        r = None
-        if refine == "mul" and refined_blocks:
-            r = _refine_factor(short_connection(xt_raw, xform), mask, refine)
-        K = _slope(S, r, refine, 1)
+        K = _slope(S, _mul_factor(bounded, refine, xform), refine, 1, _refined_slice(refined_blocks))
         f = V
         h_prev = Hf[:, :-1]
         Qn = torch.addcmul(f, f * Nn, Nn, value=-1)  # f (1 - n²)
@@ -439,9 +448,9 @@ class MGURecurrence(torch.autograd.Function):
         d_xt = None
         if refined_blocks:
             d_xt = _accumulate_xt([(DF, 1.0, S)], refine, _xt_grad_target(d_proj, G, xt_in))
-            _bound_grad(d_xt, xt_raw, xform)
+            _bound_grad(d_xt, bounded, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, None, None, None, None, None, None
+        return d_proj, d_xt_in, dh0, d_w_t, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ layer driver
@@ -451,20 +460,19 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
     """Stack the per-direction parameters into the layout the recurrences use.
 
     ``w_in_t`` (D, I, rows) is ``[W_ih; W_refine]`` transposed, so one batched product gives
-    gate inputs and ``x̃``; ``b_in`` folds ``b_hh`` into ``b_ih`` wherever it is outside
-    every nonlinearity (all but GRU, whose ``b_hn`` sits inside ``r ⊙ (...)``);
-    ``w_hh_t`` (D, H, rows) is transposed and contiguous, the layout in which the per-step
-    products run fastest.
+    gate inputs and ``x̃``: one concatenation of all directions' matrices, read transposed by the
+    product (as fast as a transposed copy, which would be a second copy); ``b_in`` folds ``b_hh``
+    into ``b_ih`` wherever it is outside every nonlinearity (all but GRU, whose ``b_hn`` sits inside
+    ``r ⊙ (...)``); ``w_hh_t`` (D, H, rows) is transposed and contiguous, the layout in which the
+    per-step products run fastest.
     """
     w_in, b_in, w_hh, b_hh = [], [], [], []
     for p in params:
-        w, b = p["w_ih"], p["b_ih"]
-        if mode != "gru":
-            b = b + p["b_hh"]
+        b = p["b_ih"] if mode == "gru" else p["b_ih"] + p["b_hh"]
+        w_in.append(p["w_ih"])
         if refined and p["w_refine"] is not None:
-            w = torch.cat((w, p["w_refine"]), 0)
+            w_in.append(p["w_refine"])
             b = torch.cat((b, b.new_zeros(p["w_refine"].shape[0])), 0)
-        w_in.append(w.t())
         b_in.append(b)
         w_hh.append(p["w_hh"].t())
         b_hh.append(p["b_hh"])
@@ -472,12 +480,9 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
     def stack(ts):
         return torch.stack(ts) if len(ts) > 1 else ts[0].unsqueeze(0).contiguous()
 
-    return {"w_in_t": stack(w_in), "b_in": stack(b_in), "w_hh_t": stack(w_hh), "b_hh": stack(b_hh)}
-
-
-def _keeps_proj(refine: str, xform) -> bool:
-    """Whether a backward needs the joint projection (to rebuild x̃): for "mul" and for a bound."""
-    return refine == "mul" or xform[0] != "none"
+    D = len(params)
+    w_in_t = torch.cat(w_in, 0).view(D, -1, w_in[0].shape[1]).transpose(1, 2)
+    return {"w_in_t": w_in_t, "b_in": stack(b_in), "w_hh_t": stack(w_hh), "b_hh": stack(b_hh)}
 
 
 def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, xform=("none", 0.0)):
@@ -493,7 +498,6 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
     xd = x.unsqueeze(0) if D == 1 else torch.stack((x, x.flip(0)))
     proj = torch.baddbmm(w["b_in"].unsqueeze(1), xd.reshape(D, T * B, I), w["w_in_t"]).view(D, T, B, -1)
     blocks = GATE_ORDER[mode] if mode == "lstm" else SIGMOID_GATES[mode]
-    mask = _mask(mode, refined, blocks)
     refined_blocks = tuple(k for k, name in enumerate(blocks) if name in refined)
     xt_in = xd if (refined and proj.shape[-1] == G) else None
     sink = {} if record else None
@@ -502,7 +506,7 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
     )
     c_n = None
     if grad:
-        args = (G, refine, mask, refined_blocks, xform, sink)
+        args = (G, refine, refined_blocks, xform, sink)
         if mode == "lstm":
             Hf, c_n = LSTMRecurrence.apply(proj, xt_in, h0, c0, w["w_hh_t"], *args)
         elif mode == "gru":
@@ -522,11 +526,11 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
         for d in parts:
             args = (xg[d], None if xt is None else xt[d], h0[d])
             if mode == "lstm":
-                outs.append(lstm_forward(*args, c0[d], w_hh_t[d], refine, mask, keep=record))
+                outs.append(lstm_forward(*args, c0[d], w_hh_t[d], refine, refined_blocks, keep=record))
             elif mode == "gru":
-                outs.append(gru_forward(*args, w_hh_t[d], w["b_hh"][d], refine, mask, keep=record))
+                outs.append(gru_forward(*args, w_hh_t[d], w["b_hh"][d], refine, refined_blocks, keep=record))
             else:
-                outs.append(mgu_forward(*args, w_hh_t[d], refine, mask, keep=record))
+                outs.append(mgu_forward(*args, w_hh_t[d], refine, keep=record))
         cat = (lambda ts: ts[0]) if len(outs) == 1 else (lambda ts: torch.cat(ts, 0))
         Hf = cat([o[0] for o in outs])
         if mode == "lstm":
@@ -539,25 +543,20 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
     out = hs[0] if D == 1 else torch.cat((hs[0], hs[1].flip(0)), -1)
     if not record:
         return out, h_n, c_n, {}, None
-    return out, h_n, c_n, _recorded_gates(mode, sink, blocks, H, D), _in_time_order(sink["state"][:, 1:].detach(), D)
+    return out, h_n, c_n, _recorded_gates(mode, sink, blocks, refined_blocks, H, D), _in_time_order(sink["state"][:, 1:].detach(), D)
 
 
 _SPLIT_BYTES = 2 * 1024 * 1024
 
 
-def _mask(mode: str, refined: tuple[str, ...], blocks: tuple[str, ...]) -> tuple[float, ...]:
-    """1 per refined block. The LSTM's g block is overwritten after the combination, so it
-    counts as refined whenever all sigmoid gates are (which lets x̃ be broadcast, not copied)."""
-    every = set(refined) == set(SIGMOID_GATES[mode])
-    return tuple(1.0 if name in refined or (every and name not in SIGMOID_GATES[mode]) else 0.0 for name in blocks)
-
-
-def _recorded_gates(mode, sink, blocks, H, D):
+def _recorded_gates(mode, sink, blocks, refined_blocks, H, D):
     gates = {}
+    values = _values(sink["sigmoid"], sink["value"], refined_blocks, len(blocks), H)
     for k, name in enumerate(blocks):
         if name not in SIGMOID_GATES[mode]:
             continue
-        gates[name] = tuple(_in_time_order(_block(t, k, H).detach(), D) for t in (sink["sigmoid"], sink["value"]))
+        sigmoid = _block(sink["sigmoid"], k, H)
+        gates[name] = tuple(_in_time_order(t.detach(), D) for t in (sigmoid, values[k]))
     return gates
 
 
