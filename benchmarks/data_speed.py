@@ -29,6 +29,7 @@ from textrec.checkpoint import load_checkpoint
 from textrec.data.lmdb_store import close_all
 from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
 from textrec.model import CRNN
+from textrec.nn import tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
 
@@ -109,15 +110,16 @@ def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: in
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(3):
-        one_step()
-    sync(device)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        one_step()
-        steps += 1
-    sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    with tensor_core_matmuls(device):  # as `textrec train` runs its steps
+        for _ in range(3):
+            one_step()
+        sync(device)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            one_step()
+            steps += 1
+        sync(device)
+        return steps * batch / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ weights: the time does not depend on them), on an input of the checkpoint's heig
 
 `--variants` takes the variant names of benchmarks/refine_ablation.py (without the unit: it comes from
 --modes); the default is one variant, --refine on every gate.
+
+On CUDA every model runs its float32 products on TF32 tensor cores, as `textrec train` does
+(`textrec.nn.tensor_core_matmuls`; cuDNN's kernel does by default); `--no-tf32` times plain float32 for all.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 
 from refine_ablation import VARIANT_DEFAULTS, layer_options, parse_variant  # the variant names (benchmarks/ is the script's folder)
-from textrec.nn import GatedRNN
+from textrec.nn import GatedRNN, tensor_core_matmuls
 
 
 def sync(device: torch.device) -> None:
@@ -118,7 +121,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=None, help="comma-separated refined variants to time (default: --refine)")
     p.add_argument("--whole-model", metavar="CHECKPOINT", help="time batch-1 inference of this checkpoint's CRNN per variant")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: plain float32 products for every model (cuDNN's too); by default all use TF32 as training does")
     args = p.parse_args()
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+    with tensor_core_matmuls(args.device):
+        run(args)
+
+
+def run(args) -> None:
     args.variants = [v.strip() for v in (args.variants or args.refine).split(",") if v.strip()]
 
     device = torch.device(args.device)
@@ -170,7 +182,7 @@ def main() -> None:
     for label, tr, inf, rt, ri in rows:
         print(f"{label:<36}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
     result.update(device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None,
-                  refine=args.refine, torch=torch.__version__)
+                  refine=args.refine, torch=torch.__version__, tf32=device.type == "cuda" and not args.no_tf32)
     print(json.dumps(result, sort_keys=True))
 
 

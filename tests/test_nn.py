@@ -441,3 +441,29 @@ def test_torch_kernel_path_under_autocast_runs_in_the_autocast_dtype():
     torch.testing.assert_close(out.float(), reference, atol=0.02, rtol=0.05)
     out.float().sum().backward()
     assert rnn.weight_ih_l0.grad.dtype == torch.float32 and rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_tensor_core_matmuls_only_on_cuda_and_restores_the_flag():
+    from textrec.nn import tensor_core_matmuls
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = flags[0].allow_tf32, flags[1].allow_tf32
+    try:
+        flags[0].allow_tf32, flags[1].allow_tf32 = False, True
+        with tensor_core_matmuls("cpu"):
+            assert flags[0].allow_tf32 is False
+        with tensor_core_matmuls(torch.device("cuda")):  # the flag is settable without a GPU
+            assert flags[0].allow_tf32 is True
+        assert flags[0].allow_tf32 is False
+        flags[1].allow_tf32 = False  # full float32 asked for: left alone
+        with tensor_core_matmuls("cuda"):
+            assert flags[0].allow_tf32 is False
+        flags[1].allow_tf32 = True
+        try:
+            with tensor_core_matmuls("cuda"):
+                raise RuntimeError("inside")
+        except RuntimeError:
+            pass
+        assert flags[0].allow_tf32 is False
+    finally:
+        flags[0].allow_tf32, flags[1].allow_tf32 = before

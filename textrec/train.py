@@ -46,6 +46,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 from .model.backbones import BACKBONES, VGG_CHANNELS
+from .nn import tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
@@ -517,14 +518,16 @@ class _Run:
         fails before its first save removes the files it wrote, and the folder if it made it.
         """
         if not self.world.is_main:  # rank 0 alone takes the folder and writes in it
-            return self._train()
+            with tensor_core_matmuls(self.device):
+                return self._train()
         created = make_output_folder(self.output)
         try:
             self._check_folder()
             with RunLock(self.output):
                 before = set(os.listdir(self.output))
                 try:
-                    return self._train()
+                    with tensor_core_matmuls(self.device):
+                        return self._train()
                 except BaseException:
                     if not (self.output / "resume.pt").exists():  # nothing to resume: leave nothing behind
                         for name in set(os.listdir(self.output)) - before - {RunLock.NAME}:

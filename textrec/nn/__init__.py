@@ -6,7 +6,7 @@ summarise gate activations for saturation studies.
 """
 
 from .gates import MODES, REFINES, SIGMOID_GATES
-from .rnn import GatedRNN
+from .rnn import GatedRNN, tensor_core_matmuls
 from .stats import gate_stats, recording_gates
 
-__all__ = ["GatedRNN", "MODES", "REFINES", "SIGMOID_GATES", "gate_stats", "recording_gates"]
+__all__ = ["GatedRNN", "MODES", "REFINES", "SIGMOID_GATES", "gate_stats", "recording_gates", "tensor_core_matmuls"]

@@ -16,6 +16,7 @@ own the console; everything a caller may want to know is returned or raised.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -412,6 +413,25 @@ class GatedRNN(nn.Module):
         elif self.batch_first:
             x = x.transpose(0, 1)
         return x, new_state
+
+
+@contextlib.contextmanager
+def tensor_core_matmuls(device: torch.device | str):
+    """On CUDA, float32 matrix products on TF32 tensor cores for the duration, as cuDNN already runs
+    torch's own RNNs and convolutions (``torch.backends.cudnn.allow_tf32``, on by default).
+
+    `GatedRNN`'s own recurrence keeps float32 under autocast (it writes into preallocated buffers),
+    so without this its products run on the plain float32 units, several times slower than the
+    tensor cores that cuDNN's kernel uses in its place. Follows ``cudnn.allow_tf32``: whoever turned
+    that off for full float32 precision gets full precision here too. Restores the flag on exit.
+    """
+    before = torch.backends.cuda.matmul.allow_tf32
+    if torch.device(device).type == "cuda" and torch.backends.cudnn.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype:
