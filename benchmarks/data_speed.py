@@ -8,9 +8,9 @@
    stage alone (`textrec.synth`: geometry, backgrounds, camera) on those batches.
 2. steps: images/s of forward + CTC + backward + AdamW on random images of the model's input size
    (no data loading), per batch size, for the shipped architecture with its recurrent layer
-   (vanilla gates: torch's fused kernel on a GPU, ours on a CPU), with refined `add` on i,o (always
-   ours), and with torch.nn.LSTM (cuDNN on a GPU) in its place.
-   On CUDA with float16 autocast, as training runs.
+   (vanilla gates: torch's fused kernel on a GPU, ours on a CPU), with refined `add` on i,o, tanh-bounded
+   (always ours), and with torch.nn.LSTM (cuDNN on a GPU) in its place.
+   On CUDA with float16 autocast, TF32 products and CUDA graphs of our recurrent kernel, as training runs.
 Training runs no faster than the slowest of the three. The last line is one JSON object.
 """
 
@@ -29,7 +29,7 @@ from textrec.checkpoint import load_checkpoint
 from textrec.data.lmdb_store import close_all
 from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
 from textrec.model import CRNN
-from textrec.nn import tensor_core_matmuls
+from textrec.nn import GatedRNN, GraphedTraining, tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
 
@@ -92,6 +92,8 @@ class TorchLSTM(nn.Module):
 
 
 def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float) -> float:
+    if device.type == "cuda" and isinstance(model.sequence, GatedRNN) and os.environ.get("TEXTREC_CUDA_GRAPHS", "1") != "0":
+        GraphedTraining(model.sequence)  # as `textrec train` runs the steps (a no-op for cuDNN's kernel)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ctc = nn.CTCLoss(zero_infinity=True)
     use_amp = device.type == "cuda"
@@ -148,8 +150,9 @@ def main() -> None:
         print(f"data: {loader:.0f} images/s ({args.workers} workers, {' '.join(args.train_data)})", flush=True)
         print(f"device stage: {scene:.0f} images/s (batch {args.data_batch}, {device})", flush=True)
     variants = {
-        "ours_vanilla": dict(refine="none", refine_gates=None),
-        "ours_refined_add_io": dict(refine="add", refine_gates=("i", "o")),
+        "ours_vanilla": dict(refine="none", refine_gates=None, refine_init="default", refine_bound="none"),
+        # the refined layer to ship (issue 12; docs/model.md): add on i, o, tanh-bounded, started as vanilla
+        "ours_refined_add_io": dict(refine="add", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh"),
         "torch_lstm": None,
     }
     for name, change in variants.items():

@@ -19,6 +19,8 @@ weights: the time does not depend on them), on an input of the checkpoint's heig
 
 On CUDA every model runs its float32 products on TF32 tensor cores, as `textrec train` does
 (`textrec.nn.tensor_core_matmuls`; cuDNN's kernel does by default); `--no-tf32` times plain float32 for all.
+Training steps of our own kernel replay CUDA graphs there, as in `textrec train` (`textrec.nn.GraphedTraining`);
+`--no-graphs` times them launched op by op.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from refine_ablation import VARIANT_DEFAULTS, layer_options, parse_variant  # the variant names (benchmarks/ is the script's folder)
-from textrec.nn import GatedRNN, tensor_core_matmuls
+from textrec.nn import GatedRNN, GraphedTraining, tensor_core_matmuls
 
 
 def sync(device: torch.device) -> None:
@@ -52,7 +54,12 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
         models["vanilla"] = GatedRNN.from_torch(models["torch"])
     for variant in args.variants:
         models[variant] = GatedRNN(mode, args.input, args.hidden, **layer_options(parse_variant(f"{mode}-{variant}")), **kw)
-    return {k: m.to(device) for k, m in models.items()}
+    models = {k: m.to(device) for k, m in models.items()}
+    if device.type == "cuda" and not args.no_graphs:  # training steps of our own kernel as `textrec train` runs them
+        for name, model in models.items():
+            if name != "torch":
+                GraphedTraining(model)
+    return models
 
 
 def time_train(model: nn.Module, x: torch.Tensor, device) -> float:
@@ -121,6 +128,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=None, help="comma-separated refined variants to time (default: --refine)")
     p.add_argument("--whole-model", metavar="CHECKPOINT", help="time batch-1 inference of this checkpoint's CRNN per variant")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="CUDA: time our layers' training steps without CUDA graphs (textrec.nn.GraphedTraining)")
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: plain float32 products for every model (cuDNN's too); by default all use TF32 as training does")
     args = p.parse_args()
@@ -182,7 +191,8 @@ def run(args) -> None:
     for label, tr, inf, rt, ri in rows:
         print(f"{label:<36}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
     result.update(device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None,
-                  refine=args.refine, torch=torch.__version__, tf32=device.type == "cuda" and not args.no_tf32)
+                  refine=args.refine, torch=torch.__version__, tf32=device.type == "cuda" and not args.no_tf32,
+                  graphs=device.type == "cuda" and not args.no_graphs)
     print(json.dumps(result, sort_keys=True))
 
 

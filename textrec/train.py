@@ -46,7 +46,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 from .model.backbones import BACKBONES, VGG_CHANNELS
-from .nn import tensor_core_matmuls
+from .nn import GatedRNN, GraphedTraining, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
@@ -561,6 +561,7 @@ class _Run:
             self.network = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        graphs = self._recurrence_graphs()
 
         sources, shares = open_sources(
             config.train_data,
@@ -665,6 +666,9 @@ class _Run:
             if self.world.is_main:
                 remove_temp_files(self.output)  # the temporary file of a save the interrupt cut short (the lock is ours)
             self.callbacks.on_event(f"interrupted: state saved at step {self.step}; run the same command to resume")
+        finally:
+            if graphs is not None:
+                graphs.remove()
         if not (self.output / "last.safetensors").exists():
             self.save_resume()
         return TrainResult(
@@ -676,6 +680,17 @@ class _Run:
             nonfinite_steps=self.nonfinite_steps,
             output=str(self.output),
         )
+
+    def _recurrence_graphs(self) -> GraphedTraining | None:
+        """CUDA graphs for textrec's own recurrent kernel (refined gates, MGU) when training on one GPU:
+        its per-step launches replayed as one (textrec/nn/graphs.py). TEXTREC_CUDA_GRAPHS=0 turns them off."""
+        sequence = getattr(self.model, "sequence", None)
+        if (
+            self.device.type != "cuda" or self.world.distributed or not isinstance(sequence, GatedRNN)
+            or os.environ.get("TEXTREC_CUDA_GRAPHS", "1") == "0"
+        ):
+            return None
+        return GraphedTraining(sequence, on_failure=self.callbacks.on_event)
 
     def _loss(self, batch) -> "_Outcome":
         """One optimisation step on the batch (on every rank's share of it, which all ranks agree on)."""

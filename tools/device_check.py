@@ -7,6 +7,9 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
   TRAIN_ARGS=           $TRAIN_ARGS asks for refined gates (--refine ...) and a training step of the checkpoint
                         turned into that refined model failed: continue with vanilla gates instead
+  TEXTREC_CUDA_GRAPHS=0 the model to train runs textrec's own recurrent kernel, and training steps with CUDA
+                        graphs of it (textrec.nn.GraphedTraining) failed or did not give the plain steps'
+                        loss and gradients: launch its ops one by one instead
 Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textrec.charset import Charset  # noqa: E402
 from textrec.checkpoint import load_checkpoint  # noqa: E402
 from textrec.model import CRNN, CRNNConfig  # noqa: E402
+from textrec.nn import GraphedTraining, tensor_core_matmuls  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
 
 
@@ -70,6 +74,14 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001
             report(f"a training step of the refined model ({os.environ['TRAIN_ARGS']}) failed", error)
             print("TRAIN_ARGS=")
+            refined = None
+    trained = refined or checkpoint.model_config
+    if trained.refine != "none" or trained.rnn == "mgu" or trained.input_map:  # textrec's own kernel
+        try:
+            graphs_agree(trained, images)
+        except Exception as error:  # noqa: BLE001
+            report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
+            print("TEXTREC_CUDA_GRAPHS=0")
 
 
 def training_step(model, images) -> None:
@@ -81,6 +93,35 @@ def training_step(model, images) -> None:
     optimizer.step()
     torch.cuda.synchronize()
     assert torch.isfinite(loss)
+
+
+def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
+    """Raises unless training steps with CUDA graphs of the recurrent layer (the first captures, the others
+    replay) give the loss and gradients of the same steps run op by op, as `textrec train` runs them."""
+    torch.manual_seed(0)
+    plain = CRNN(config).to(images.device).train()
+    graphed = CRNN(config).to(images.device).train()
+    graphed.load_state_dict(plain.state_dict())
+    graphs = GraphedTraining(graphed.sequence)
+    with tensor_core_matmuls(images.device):
+        for _ in range(steps):
+            results = []
+            for model in (plain, graphed):
+                model.zero_grad(set_to_none=True)
+                with torch.autocast("cuda"):
+                    logits = model(images)
+                loss = logits.float().log_softmax(2).mean()
+                loss.backward()
+                results.append([loss.detach()] + [p.grad for p in model.parameters()])
+            for (name, _), a, b in zip([("loss", None), *plain.named_parameters()], results[0], results[1]):
+                if b is None or a is None or (a - b).norm() > 1e-3 * a.norm() + 1e-6:
+                    raise AssertionError(f"{name}: graphed {None if b is None else float(b.norm()):.6g} "
+                                         f"against {None if a is None else float(a.norm()):.6g}")
+    torch.cuda.synchronize()
+    if graphs.failure:
+        raise RuntimeError(graphs.failure)
+    if graphs.replays != steps:
+        raise RuntimeError(f"{graphs.replays} of {steps} steps replayed the graphs")
 
 
 def refined_config(config: CRNNConfig, train_args: str) -> CRNNConfig | None:

@@ -1,0 +1,127 @@
+"""CUDA graphs of the recurrent layer in training (textrec/nn/graphs.py): when they are used, when not,
+and that installing them changes nothing else. The capture itself needs a GPU (tools/device_check.py
+compares graphed and plain steps there); here a stand-in for torch.cuda.make_graphed_callables runs the
+same module, so the bookkeeping is checked on any machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from textrec.nn import GatedRNN, GraphedTraining
+
+
+class StandIn:
+    """Records captures and replays; replays run the module that would have been captured."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.captures, self.calls = [], 0
+
+    def __call__(self, module, sample_args, allow_unused_input=False):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures.append(tuple(a.shape for a in sample_args))
+        assert not torch.is_autocast_enabled("cpu") or not torch.is_autocast_cache_enabled()
+
+        def replay(x):
+            self.calls += 1
+            return module(x)
+
+        return replay
+
+
+def _layer():
+    torch.manual_seed(0)
+    return GatedRNN("lstm", 6, 4, num_layers=2, bidirectional=True, refine="add", refine_gates=("i", "o"),
+                    refine_init="vanilla", refine_bound="tanh")
+
+
+def _step(rnn, x):
+    out, _ = rnn(x)
+    (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+    return out.detach(), [p.grad.clone() for p in rnn.parameters()]
+
+
+def test_training_calls_of_the_captured_shape_replay_with_the_same_results():
+    plain, graphed = _layer(), _layer()
+    stand_in = StandIn()
+    graphs = GraphedTraining(graphed, make_graphed=stand_in, device_type="cpu")
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    for _ in range(2):
+        for rnn in (plain, graphed):
+            rnn.zero_grad()
+        want, got = _step(plain, x), _step(graphed, x)
+        torch.testing.assert_close(got[0], want[0])
+        for a, b in zip(got[1], want[1]):
+            torch.testing.assert_close(a, b)
+    assert stand_in.captures == [((5, 3, 6),)] and stand_in.calls == 2 and graphs.replays == 2
+
+
+def test_everything_else_runs_the_plain_layer():
+    rnn = _layer()
+    stand_in = StandIn()
+    graphs = GraphedTraining(rnn, make_graphed=stand_in, device_type="cpu")
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    rnn(x)  # captured
+    rnn(torch.randn(5, 2, 6, requires_grad=True))  # another batch size
+    rnn(torch.randn(7, 3, 6, requires_grad=True))  # another length
+    rnn(x, (torch.zeros(4, 3, 4), torch.zeros(4, 3, 4)))  # an initial state
+    with torch.no_grad():
+        rnn(x)
+    rnn.eval()
+    rnn(x)
+    rnn.train()
+    rnn.record_gates = True
+    rnn(x)
+    rnn.record_gates = False
+    assert len(stand_in.captures) == 1 and stand_in.calls == 1 and graphs.replays == 1
+    rnn(x)
+    assert graphs.replays == 2
+
+
+def test_a_failed_capture_turns_the_graphs_off_once_and_says_why():
+    rnn = _layer()
+    heard = []
+    graphs = GraphedTraining(rnn, on_failure=heard.append, make_graphed=StandIn(fail=True), device_type="cpu")
+    x = torch.randn(5, 3, 6, requires_grad=True)
+    out, _ = rnn(x)
+    out2, _ = rnn(x)
+    assert heard == [graphs.failure] and "operation not permitted" in graphs.failure
+    assert out.shape == out2.shape == (5, 3, 8) and graphs.replays == 0
+
+
+def test_installing_changes_no_parameter_and_remove_restores_the_layer():
+    rnn = _layer()
+    keys = list(rnn.state_dict())
+    graphs = GraphedTraining(rnn, make_graphed=StandIn(), device_type="cpu")
+    assert list(rnn.state_dict()) == keys and "forward" in rnn.__dict__
+    graphs.remove()
+    assert "forward" not in rnn.__dict__
+    out, _ = rnn(torch.randn(5, 3, 6))
+    assert out.shape == (5, 3, 8)
+
+
+def test_graphs_leave_cpu_tensors_alone_by_default():
+    rnn = _layer()
+    stand_in = StandIn()
+    GraphedTraining(rnn, make_graphed=stand_in)  # device_type "cuda"
+    rnn(torch.randn(5, 3, 6, requires_grad=True))
+    assert stand_in.captures == []
+
+
+def test_training_installs_no_graphs_off_a_gpu(monkeypatch, tmp_path):
+    from textrec.train import TrainCallbacks, TrainConfig, _Run
+
+    config = TrainConfig(train_data=["synth"], val_data=[], output=str(tmp_path / "run"), device="cpu",
+                         refine="add", refine_gates=("i", "o"), channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16)
+    trainer = _Run(config, TrainCallbacks())
+    assert trainer._recurrence_graphs() is None
+    trainer.device = torch.device("cuda")  # what a GPU run would do, without touching a GPU
+    graphs = trainer._recurrence_graphs()
+    assert isinstance(graphs, GraphedTraining) and graphs.rnn is trainer.model.sequence
+    graphs.remove()
+    monkeypatch.setitem(os.environ, "TEXTREC_CUDA_GRAPHS", "0")
+    assert trainer._recurrence_graphs() is None
