@@ -319,3 +319,16 @@ def test_cli_names_bad_font_files(tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "broken.ttf" in line]
     assert len(lines) == 1 and "font not used" in lines[0]
+
+
+def test_phrases_put_marks_before_the_space_as_printed():
+    rng = random.Random(7)
+    sampler = TextSampler(Charset.from_spec("95"), max_frames=41)
+    phrases = [t for t in (sampler.sample(rng) for _ in range(6000)) if " " in t]
+    inner = [w for t in phrases for w in t.split(" ")[:-1]]
+    marked = [w for w in inner if w[-1] in ",.:;!-"]
+    assert 0.08 < len(marked) / len(inner) < 0.25  # PHRASE_MARK_RATE (0.15), a few words end in one anyway
+    assert sum(w.endswith(",") for w in marked) > len(marked) / 3  # mostly commas: "Hello, World"
+    assert not any(" ," in t or " ." in t for t in phrases)  # never a space before the mark
+    without = TextSampler(Charset.from_spec("36"), max_frames=41)  # no punctuation in the charset: none drawn
+    assert not any(set(without.sample(rng)) & set(",.:;!-") for _ in range(500))

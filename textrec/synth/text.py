@@ -50,6 +50,10 @@ CASE_PATTERNS: tuple[tuple[str, float], ...] = (("lower", 0.35), ("title", 0.28)
 
 # With punctuation in the charset, this share of words gets some (trailing mark, quotes, brackets, hyphenation).
 PUNCTUATION_RATE = 0.15
+# Inside a phrase, this share of the words before the last ends in a mark followed by the space ("Hello, World",
+# "Open: 9 AM", "Stop. Look"), mostly a comma: text as printed puts the space after the mark, never before it.
+PHRASE_MARK_RATE = 0.15
+PHRASE_MARKS = ",,,,.:;!-"
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _UNITS = ("ml", "kg", "g", "km", "m", "cm", "mm", "l", "hr", "h", "min", "mph", "am", "pm", "st", "nd", "rd", "th", "p", "v", "w")
@@ -264,8 +268,13 @@ class TextSampler:
         parts = [self._case(rng, self.words.draw(rng), pattern) for _ in range(rng.choice((2, 2, 2, 3, 3, 4)))]
         if self.digits and rng.random() < 0.2:  # ROUTE 66, Open 24 hours, Gate 7
             parts.insert(rng.randrange(len(parts) + 1), self._digits(rng, rng.choice((1, 2, 2, 3, 4))))
-        if self.punctuation and rng.random() < PUNCTUATION_RATE:
-            parts[-1] = self._punctuate(rng, parts[-1])
+        if self.punctuation:
+            for k in range(len(parts) - 1):
+                mark = self._sep(rng, PHRASE_MARKS) if rng.random() < PHRASE_MARK_RATE else None
+                if mark:
+                    parts[k] += mark
+            if rng.random() < PUNCTUATION_RATE:
+                parts[-1] = self._punctuate(rng, parts[-1])
         text = " ".join(parts)
         while len(parts) > 1 and not self._ok(text):  # too long: drop words from the end
             parts.pop()
