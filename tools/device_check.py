@@ -9,7 +9,7 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
                         turned into that refined model failed: continue with vanilla gates instead
   TEXTREC_CUDA_GRAPHS=0 the model to train runs textrec's own recurrent kernel, and training steps with CUDA
                         graphs of it (textrec.nn.GraphedTraining) failed or did not give the plain steps'
-                        loss and gradients: launch its ops one by one instead
+                        loss and gradients (1 % relative): launch its ops one by one instead
 Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
@@ -114,7 +114,8 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
                 loss.backward()
                 results.append([loss.detach()] + [p.grad for p in model.parameters()])
             for (name, _), a, b in zip([("loss", None), *plain.named_parameters()], results[0], results[1]):
-                if b is None or a is None or (a - b).norm() > 1e-3 * a.norm() + 1e-6:
+                # TF32 products may pick other algorithms inside a capture: allow their rounding, not a wrong gradient
+                if b is None or a is None or (a - b).norm() > 1e-2 * a.norm() + 1e-6:
                     raise AssertionError(f"{name}: graphed {None if b is None else float(b.norm()):.6g} "
                                          f"against {None if a is None else float(a.norm()):.6g}")
     torch.cuda.synchronize()
