@@ -29,7 +29,7 @@ from textrec.checkpoint import load_checkpoint
 from textrec.data.lmdb_store import close_all
 from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
 from textrec.model import CRNN
-from textrec.nn import GatedRNN, GraphedTraining, tensor_core_matmuls
+from textrec.nn import for_training, tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
 
@@ -92,8 +92,7 @@ class TorchLSTM(nn.Module):
 
 
 def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float) -> float:
-    if device.type == "cuda" and isinstance(model.sequence, GatedRNN) and os.environ.get("TEXTREC_CUDA_GRAPHS", "1") != "0":
-        GraphedTraining(model.sequence)  # as `textrec train` runs the steps (a no-op for cuDNN's kernel)
+    for_training(model.sequence, device)  # CUDA graphs of our recurrent kernel, as `textrec train` installs them
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ctc = nn.CTCLoss(zero_infinity=True)
     use_amp = device.type == "cuda"

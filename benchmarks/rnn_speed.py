@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from refine_ablation import VARIANT_DEFAULTS, layer_options, parse_variant  # the variant names (benchmarks/ is the script's folder)
-from textrec.nn import GatedRNN, GraphedTraining, tensor_core_matmuls
+from textrec.nn import GatedRNN, for_training, tensor_core_matmuls
 
 
 def sync(device: torch.device) -> None:
@@ -55,10 +55,9 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
     for variant in args.variants:
         models[variant] = GatedRNN(mode, args.input, args.hidden, **layer_options(parse_variant(f"{mode}-{variant}")), **kw)
     models = {k: m.to(device) for k, m in models.items()}
-    if device.type == "cuda" and not args.no_graphs:  # training steps of our own kernel as `textrec train` runs them
-        for name, model in models.items():
-            if name != "torch":
-                GraphedTraining(model)
+    if not args.no_graphs:  # training steps of our own kernel as `textrec train` runs them (CUDA only)
+        for model in models.values():
+            for_training(model, device)
     return models
 
 

@@ -125,3 +125,17 @@ def test_training_installs_no_graphs_off_a_gpu(monkeypatch, tmp_path):
     graphs.remove()
     monkeypatch.setitem(os.environ, "TEXTREC_CUDA_GRAPHS", "0")
     assert trainer._recurrence_graphs() is None
+
+
+def test_for_training_installs_only_where_the_graphs_can_help(monkeypatch):
+    from textrec.nn import for_training
+
+    refined = _layer()
+    assert for_training(refined, "cpu") is None and "forward" not in refined.__dict__
+    assert for_training(GatedRNN("lstm", 6, 4), "cuda") is None  # cuDNN's kernel computes a vanilla LSTM
+    assert for_training(torch.nn.LSTM(6, 4), "cuda") is None
+    graphs = for_training(refined, "cuda")
+    assert isinstance(graphs, GraphedTraining) and graphs.rnn is refined
+    graphs.remove()
+    monkeypatch.setitem(os.environ, "TEXTREC_CUDA_GRAPHS", "0")
+    assert for_training(refined, "cuda") is None

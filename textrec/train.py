@@ -46,7 +46,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 from .model.backbones import BACKBONES, VGG_CHANNELS
-from .nn import GatedRNN, GraphedTraining, tensor_core_matmuls
+from .nn import GraphedTraining, for_training, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
@@ -684,13 +684,9 @@ class _Run:
     def _recurrence_graphs(self) -> GraphedTraining | None:
         """CUDA graphs for textrec's own recurrent kernel (refined gates, MGU) when training on one GPU:
         its per-step launches replayed as one (textrec/nn/graphs.py). TEXTREC_CUDA_GRAPHS=0 turns them off."""
-        sequence = getattr(self.model, "sequence", None)
-        if (
-            self.device.type != "cuda" or self.world.distributed or not isinstance(sequence, GatedRNN)
-            or os.environ.get("TEXTREC_CUDA_GRAPHS", "1") == "0"
-        ):
+        if self.world.distributed:
             return None
-        return GraphedTraining(sequence, on_failure=self.callbacks.on_event)
+        return for_training(getattr(self.model, "sequence", None), self.device, self.callbacks.on_event)
 
     def _loss(self, batch) -> "_Outcome":
         """One optimisation step on the batch (on every rank's share of it, which all ranks agree on)."""

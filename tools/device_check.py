@@ -76,7 +76,7 @@ def main() -> None:
             print("TRAIN_ARGS=")
             refined = None
     trained = refined or checkpoint.model_config
-    if trained.refine != "none" or trained.rnn == "mgu" or trained.input_map:  # textrec's own kernel
+    if not CRNN(trained).sequence.has_torch_kernel:  # textrec's own kernel: the graphs apply
         try:
             graphs_agree(trained, images)
         except Exception as error:  # noqa: BLE001

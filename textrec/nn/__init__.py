@@ -6,8 +6,8 @@ summarise gate activations for saturation studies.
 """
 
 from .gates import MODES, REFINES, SIGMOID_GATES
-from .graphs import GraphedTraining
+from .graphs import GraphedTraining, for_training
 from .rnn import GatedRNN, tensor_core_matmuls
 from .stats import gate_stats, recording_gates
 
-__all__ = ["GatedRNN", "GraphedTraining", "MODES", "REFINES", "SIGMOID_GATES", "gate_stats", "recording_gates", "tensor_core_matmuls"]
+__all__ = ["GatedRNN", "GraphedTraining", "MODES", "REFINES", "SIGMOID_GATES", "gate_stats", "recording_gates", "for_training", "tensor_core_matmuls"]

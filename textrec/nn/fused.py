@@ -40,22 +40,16 @@ def short_connection(xt: Tensor | None, xform: tuple[str, float]) -> Tensor | No
     ``bound`` "tanh" keeps the short connection in (-1, 1); ``offset`` is 1 for a
     start-as-vanilla "mul" (factor ``1 + x̃``), else 0. Returns ``xt`` itself when both are off.
     """
-    if xt is None:
-        return None
-    bound, offset = xform
-    if bound == "tanh":
-        xt = torch.tanh(xt)
-    if offset:
-        xt = xt + offset
-    return xt
+    return None if xt is None else _with_offset(_bound(xt, xform), xform)
+
+
+def _bound(xt: Tensor, xform) -> Tensor:
+    return torch.tanh(xt) if xform[0] == "tanh" else xt
 
 
 def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform) -> Tensor | None:
     """x̃ through its bound (tanh or none), before any offset: what a backward needs of it."""
-    if not refined_blocks:
-        return None
-    xt = _split(proj, G, xt_in, True)[1]
-    return torch.tanh(xt) if xform[0] == "tanh" else xt
+    return _bound(_split(proj, G, xt_in, True)[1], xform) if refined_blocks else None
 
 
 def _with_offset(bounded: Tensor | None, xform) -> Tensor | None:

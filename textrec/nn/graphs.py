@@ -13,11 +13,12 @@ the same shape replay them. Anything else runs the layer as before: evaluation, 
 an initial state, another shape (a batch short of unreadable samples), recorded gates, torch's own
 kernel (vanilla layers on a GPU use cuDNN, one launch per layer already), a CPU tensor. A capture
 that fails turns the graphs off for the run, leaves the reason in ``failure`` and passes it to
-``on_failure``. ``TEXTREC_CUDA_GRAPHS=0`` keeps `textrec train` from installing them.
+``on_failure``. `for_training` installs them where they can help; ``TEXTREC_CUDA_GRAPHS=0`` turns that off.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -93,3 +94,14 @@ class GraphedTraining:
         autocast = torch.is_autocast_enabled(self.device_type)
         with torch.autocast(self.device_type, enabled=autocast, cache_enabled=False):
             return self.make_graphed(plain, (sample,), allow_unused_input=True)
+
+
+def for_training(module, device: torch.device | str, on_failure: Callable[[str], None] | None = None) -> GraphedTraining | None:
+    """Graphs for `module` when training it on `device` can use them: a `GatedRNN` computed by textrec's own
+    kernel, on CUDA, unless ``TEXTREC_CUDA_GRAPHS=0``. None otherwise (nothing installed)."""
+    if (
+        torch.device(device).type != "cuda" or not isinstance(module, GatedRNN) or module.has_torch_kernel
+        or os.environ.get("TEXTREC_CUDA_GRAPHS", "1") == "0"
+    ):
+        return None
+    return GraphedTraining(module, on_failure=on_failure)

@@ -321,13 +321,19 @@ class GatedRNN(nn.Module):
                 return self._forward(x.to(dtype), state)
         return self._forward(x, state)
 
+    @property
+    def has_torch_kernel(self) -> bool:
+        """Whether torch's own RNN kernel computes this layer: vanilla LSTM and GRU layers without input
+        maps (refined gates and the MGU need ours)."""
+        return self.refine == "none" and self.mode in ("lstm", "gru") and not self.input_map
+
     def torch_kernel_applies(self, x: Tensor) -> bool:
         """Vanilla LSTM and GRU layers on a GPU run as torch's own kernel (cuDNN): the same parameters
-        and equations (see `from_torch`), several times fewer kernel launches. Refined gates, the MGU,
-        input maps and gate recording need ours. TEXTREC_TORCH_RNN=0 turns this off."""
+        and equations (see `from_torch`), several times fewer kernel launches. Gate recording needs
+        ours. TEXTREC_TORCH_RNN=0 turns this off."""
         return (
-            self.refine == "none" and self.mode in ("lstm", "gru") and x.is_cuda and x.dim() == 3 and self.fast
-            and not self.record_gates and not self.input_map and os.environ.get("TEXTREC_TORCH_RNN", "1") != "0"
+            self.has_torch_kernel and x.is_cuda and x.dim() == 3 and self.fast and not self.record_gates
+            and os.environ.get("TEXTREC_TORCH_RNN", "1") != "0"
         )
 
     def torch_kernel(self, x: Tensor, state=None):
