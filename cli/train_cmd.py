@@ -119,6 +119,9 @@ def train(
     refine_bound: str = typer.Option("none", help="none, or tanh: bounded short connection x̃ = tanh(W x)."),
     forget_bias: float = typer.Option(0.0, help="Initial bias of the gate that keeps the state (LSTM f); 0 keeps torch's init."),
     input_map: bool = typer.Option(False, help="Linear map before each recurrent layer, so that x̃ = x_t with no projection."),
+    refine_lr_scale: float = typer.Option(
+        1.0, help="The short connection's projections learn at lr × this (e.g. 0.1 when refining a trained vanilla model)."
+    ),
     charset: str = typer.Option("36", help="36, 62, 94, 95 (94 + space), file:PATH, or the characters themselves."),
     hidden_size: int = typer.Option(256, min=1),
     backbone: str = typer.Option("vgg", help="Convolutional backbone: vgg (the CRNN paper's) or resnet (deep-text-recognition-benchmark's)."),

@@ -526,6 +526,48 @@ def test_train_from_vanilla_checkpoint_with_start_as_vanilla_and_resume_guard(tm
         train(config)
 
 
+def test_refine_lr_scale_slows_the_projections_only(tmp_path, word_lmdb):
+    from textrec.errors import ConfigError
+    from textrec.train import TrainConfig, load_state, train
+
+    data, _ = word_lmdb
+    charset = Charset.from_spec("36")
+    _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+
+    def run(name: str, scale: float, steps: int = 2, **extra) -> TrainConfig:
+        config = TrainConfig(
+            train_data=[str(data)], val_data=[], output=str(tmp_path / name), max_steps=steps, batch_size=3,
+            warmup_steps=1, augment=False, save_interval=2, workers=0, width=64, lr=1e-3, refine="add",
+            refine_gates=["i", "o"], refine_init="vanilla", refine_bound="tanh", refine_lr_scale=scale,
+            init_from=str(tmp_path / "v.safetensors"), **TINY, **extra,
+        )
+        train(config)
+        return config
+
+    run("full", 1.0)
+    run("slow", 0.1)
+    groups = load_state(tmp_path / "slow" / "resume.pt")["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1e-3, 1e-3, 1e-4])
+    moved = {}
+    for name in ("full", "slow"):
+        weights = load_checkpoint(tmp_path / name / "last.safetensors").state_dict
+        moved[name] = max(float(v.abs().max()) for k, v in weights.items() if "weight_refine" in k)
+    # Adam moves a zero-initialised weight by about lr per step: a tenth of the rate, about a tenth of the way.
+    assert 0.05 < moved["slow"] / moved["full"] < 0.2, moved
+    # Changed on resume (accepted), the new rate reaches the optimizer and the schedule.
+    run("slow", 0.5, steps=3, accept_changes=True)
+    state = load_state(tmp_path / "slow" / "resume.pt")
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert state["scheduler"]["base_lrs"] == pytest.approx([1e-3, 1e-3, 5e-4])
+    with pytest.raises(ConfigError, match="--refine-lr-scale must be a finite number above 0"):
+        run("bad", 0.0)
+    # A refined run saved by a version with two groups (projections among the other weights) is refused clearly.
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:2]
+    torch.save(state, tmp_path / "slow" / "resume.pt")
+    with pytest.raises(CheckpointError, match="holds 2 parameter groups where this version uses 3; start a new --output"):
+        run("slow", 0.5, steps=4)
+
+
 def test_cli_variant_options_reach_the_checkpoint(tmp_path, word_lmdb):
     from cli.main import app
 
@@ -534,9 +576,11 @@ def test_cli_variant_options_reach_the_checkpoint(tmp_path, word_lmdb):
     common = ["train", "--train-data", str(data), "--max-steps", "1", "--batch-size", "3", "--workers", "0",
               "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", str(TINY["hidden_size"])]
     result = runner.invoke(app, [*common, "--output", str(tmp_path / "a"), "--refine", "mul", "--refine-gates", "i,o",
-                                 "--refine-init", "vanilla", "--refine-bound", "tanh", "--forget-bias", "1"])
+                                 "--refine-init", "vanilla", "--refine-bound", "tanh", "--forget-bias", "1",
+                                 "--refine-lr-scale", "0.1"])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["refine_lr_scale"] == 0.1
     assert (saved["refine_init"], saved["refine_bound"], saved["forget_bias"], saved["input_map"]) == ("vanilla", "tanh", 1.0, False)
     config = load_checkpoint(tmp_path / "a" / "last.safetensors").model_config
     assert (config.refine_init, config.refine_bound, config.forget_bias) == ("vanilla", "tanh", 1.0)

@@ -550,8 +550,9 @@ def test_resume_refuses_changed_hyper_parameters_unless_accepted(words, tmp_path
     assert result.steps == 5
     assert any("changed hyper-parameters (accepted by --accept-changes): lr: 0.003 -> 0.001" in e for e in recorder.events)
     state = load_state(run / "resume.pt")
-    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [1e-3, 1e-3]
-    assert state["scheduler"]["base_lrs"] == [1e-3, 1e-3] and state["config"]["lr"] == 1e-3
+    # Three groups (the refined model's short-connection projections have their own, refine_lr_scale 1 here).
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [1e-3, 1e-3, 1e-3]
+    assert state["scheduler"]["base_lrs"] == [1e-3, 1e-3, 1e-3] and state["config"]["lr"] == 1e-3
     # The CLI: the refusal names the option, which then lets it go on.
     args = ["train", "--train-data", words, "--output", run, "--max-steps", 6, "--batch-size", 12, "--lr", 0.01,
             "--workers", 0, "--no-augment", "--device", "cpu", "--refine", "mul", *ARCH]

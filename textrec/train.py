@@ -62,7 +62,7 @@ ARCHITECTURE_KEYS = (
 # (ignored when resuming).
 RUN_KEYS = (
     "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
-    "warmup_steps", "grad_clip", "augment", "seed",
+    "refine_lr_scale", "warmup_steps", "grad_clip", "augment", "seed",
 )
 # Files a run writes in its folder: a folder holding none of them, but other files, is not a run.
 RUN_FILES = ("config.json", "resume.pt", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -89,6 +89,10 @@ class TrainConfig:
     refine_bound: str = "none"  # "tanh": bounded short connection
     forget_bias: float = 0.0  # 0: torch's random init; else the LSTM forget-gate bias at init
     input_map: bool = False  # linear map before each recurrent layer: x̃ = x_t, no projection
+    # The short connection's projections learn at lr × this. Adam moves a zero-initialised weight by about
+    # lr per step whether or not it helps; a smaller rate lets a start-as-vanilla refinement grow slowly
+    # when it continues a trained vanilla model (docs/refined_gates.md, "Continuing a trained vanilla CRNN").
+    refine_lr_scale: float = 1.0
     hidden_size: int = 256
     backbone: str = "vgg"  # or "resnet" (textrec.model.backbones); `channels` are its widths
     channels: tuple[int, ...] = VGG_CHANNELS
@@ -201,11 +205,12 @@ def check_config(config: TrainConfig) -> None:
             raise bad(name, value, f"a whole number from {low:,} to {high:,}")
     reals = {"lr": "a finite number above 0", "grad_clip": "a finite number above 0",
              "weight_decay": "a finite number, 0 or more", "forget_bias": "a finite number",
+             "refine_lr_scale": "a finite number above 0",
              "dropout": "a number from 0 up to (not including) 1"}
     for name, expected in reals.items():
         value = getattr(config, name)
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or (name in ("lr", "grad_clip") and value <= 0) or (name == "weight_decay" and value < 0) \
+        if not number or (name in ("lr", "grad_clip", "refine_lr_scale") and value <= 0) or (name == "weight_decay" and value < 0) \
                 or (name == "dropout" and not 0 <= value < 1):
             raise bad(name, value, expected)
     samples = config.val_max_samples
@@ -243,6 +248,26 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
     )
 
 
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups: weights (decayed), biases and norms (not decayed), and the refined gates' short-connection
+    projections (decayed, at lr × refine_lr_scale; a group of their own only in refined models)."""
+    decay, no_decay, short = [], [], []
+    for name, parameter in model.named_parameters():
+        if ".weight_refine" in f".{name.rsplit('.', 1)[-1]}":
+            short.append(parameter)
+        else:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    if short:
+        groups.append({"params": short, "weight_decay": config.weight_decay, "lr_scale": config.refine_lr_scale})
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
+    return groups
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to 1% of the peak."""
     if step < warmup:
@@ -276,13 +301,7 @@ class _Run:
         # (which averages the gradients over the ranks). self.model is always the bare model (saved, validated).
         self.network: nn.Module = self.model
         self.frames = self.model.output_length(config.width)
-        decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-        )
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, config), lr=config.lr)
         warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, warmup, config.max_steps)
@@ -389,6 +408,12 @@ class _Run:
         if broken:
             raise CheckpointError(f"{path}: the saved weights hold non-finite values (NaN or infinity) in {broken[0]}")
         load_weights(self.model, state["model"], str(path))
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(self.optimizer.param_groups):  # refined runs of versions before refine_lr_scale
+            raise CheckpointError(
+                f"{path}: the optimizer state holds {saved_groups} parameter groups where this version uses "
+                f"{len(self.optimizer.param_groups)}; start a new --output with --init-from {path.parent / 'last.safetensors'}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -407,11 +432,12 @@ class _Run:
         else:  # the other ranks' streams follow from (seed, rank, step), whatever the number of ranks before
             torch.manual_seed(self.world.seed(self.config.seed, self.step))
             random.seed(self.world.seed(self.config.seed, self.step))
-        if "lr" in changed or "weight_decay" in changed:  # the optimizer and schedule saved them: set the new ones
+        if {"lr", "weight_decay", "refine_lr_scale"} & set(changed):  # the optimizer and schedule saved them
             factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-            for group, decay in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0)):
-                group.update(initial_lr=self.config.lr, lr=self.config.lr * factor, weight_decay=decay)
-            self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+            for group, wanted in zip(self.optimizer.param_groups, _parameter_groups(self.model, self.config)):
+                peak = self.config.lr * wanted["lr_scale"]
+                group.update(initial_lr=peak, lr=peak * factor, weight_decay=wanted["weight_decay"], lr_scale=wanted["lr_scale"])
+            self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
         if "val_data" in changed or "val_max_samples" in changed:  # another yardstick: "best" starts afresh
             self.best_accuracy, self.best_ned, self.best_step = None, 0.0, None
 
