@@ -19,7 +19,7 @@ import device_check  # noqa: E402
 
 def documented_train_args() -> str:
     """The TRAIN_ARGS of the next lease's command in docs/model.md."""
-    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)" bash tools/gpu_lease\.sh', (ROOT / "docs" / "model.md").read_text())
+    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)"\s*\\?\s*bash tools/gpu_lease\.sh', (ROOT / "docs" / "model.md").read_text())
     return found
 
 

@@ -22,7 +22,7 @@
 #      copies them with the logs to $OUT (the device tool brings that folder back).
 # The warm-up (300 steps) is independent of max_steps, so the probe's steps are part of the run.
 # TRAIN_ARGS adds `textrec train` options to both runs, e.g. a refined layer that starts as the vanilla one:
-#   TRAIN_ARGS="--refine add --refine-gates i,o --refine-init vanilla --refine-bound tanh"
+#   TRAIN_ARGS="--refine add --refine-gates i,o --refine-init vanilla --refine-bound tanh --refine-lr-scale 0.01"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
