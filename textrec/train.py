@@ -253,7 +253,7 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     projections (decayed, at lr × refine_lr_scale; a group of their own only in refined models)."""
     decay, no_decay, short = [], [], []
     for name, parameter in model.named_parameters():
-        if ".weight_refine" in f".{name.rsplit('.', 1)[-1]}":
+        if name.rsplit(".", 1)[-1].startswith("weight_refine"):  # GatedRNN's weight_refine_l{k}[_reverse]
             short.append(parameter)
         else:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
