@@ -46,7 +46,7 @@ from .evaluate import BenchmarkResult, combine, evaluate_dataset
 from .files import RunLock, Unreadable, make_output_folder, os_reason, read_regular
 from .model import CRNN, CRNNConfig
 from .model.backbones import BACKBONES, VGG_CHANNELS
-from .nn import GraphedTraining, for_training, tensor_core_matmuls
+from .nn import GatedRNN, GraphedTraining, for_training, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
@@ -251,11 +251,10 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """AdamW groups: weights (decayed), biases and norms (not decayed), and the refined gates' short-connection
     projections (decayed, at lr × refine_lr_scale; a group of their own only in refined models)."""
-    decay, no_decay, short = [], [], []
-    for name, parameter in model.named_parameters():
-        if name.rsplit(".", 1)[-1].startswith("weight_refine"):  # GatedRNN's weight_refine_l{k}[_reverse]
-            short.append(parameter)
-        else:
+    short = [w for module in model.modules() if isinstance(module, GatedRNN) for w in module.short_connection_weights()]
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not any(parameter is w for w in short):
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},

@@ -176,8 +176,8 @@ class GatedRNN(nn.Module):
             else:
                 nn.init.uniform_(weight, -bound, bound)
         with torch.no_grad():
-            for name, weight in self.named_parameters():
-                if name.startswith("weight_refine") and self.refine_init == "vanilla":
+            if self.refine_init == "vanilla":
+                for weight in self.short_connection_weights():
                     weight.zero_()
             if self.forget_bias:
                 gate, sign = MEMORY_GATE[self.mode]
@@ -320,6 +320,10 @@ class GatedRNN(nn.Module):
                     state = tuple(s.to(dtype) for s in state) if self.mode == "lstm" else state.to(dtype)
                 return self._forward(x.to(dtype), state)
         return self._forward(x, state)
+
+    def short_connection_weights(self) -> list[nn.Parameter]:
+        """The refined gates' projections ``weight_refine_l{k}[_reverse]`` (none without them)."""
+        return [weight for name, weight in self.named_parameters() if name.startswith("weight_refine")]
 
     @property
     def has_torch_kernel(self) -> bool:
