@@ -57,7 +57,7 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
     models = {k: m.to(device) for k, m in models.items()}
     if not args.no_graphs:  # training steps of our own kernel as `textrec train` runs them (CUDA only)
         for model in models.values():
-            for_training(model, device)
+            args.graphs_installed |= for_training(model, device) is not None
     return models
 
 
@@ -132,6 +132,7 @@ def main() -> None:
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: plain float32 products for every model (cuDNN's too); by default all use TF32 as training does")
     args = p.parse_args()
+    args.graphs_installed = False  # set by make_models: whether any layer replays CUDA graphs
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
     with tensor_core_matmuls(args.device):
@@ -191,7 +192,7 @@ def run(args) -> None:
         print(f"{label:<36}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
     result.update(device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None,
                   refine=args.refine, torch=torch.__version__, tf32=device.type == "cuda" and not args.no_tf32,
-                  graphs=device.type == "cuda" and not args.no_graphs)
+                  graphs=args.graphs_installed)  # False where TEXTREC_CUDA_GRAPHS=0 kept them off
     print(json.dumps(result, sort_keys=True))
 
 

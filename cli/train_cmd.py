@@ -114,7 +114,7 @@ def train(
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),
     refine: str = typer.Option("none", help="Refined gates: none, add or mul (see docs/refined_gates.md before choosing)."),
-    refine_gates: Optional[str] = typer.Option(None, help="Comma-separated sigmoid gates to refine, e.g. i,o (default: all of the unit's)."),
+    refine_gates: Optional[str] = typer.Option(None, help="Comma-separated sigmoid gates to refine, e.g. i,o; all (the default): every sigmoid gate of the unit."),
     refine_init: str = typer.Option("default", help="default, or vanilla: start as vanilla gates (zero projection; mul uses 1 + x̃)."),
     refine_bound: str = typer.Option("none", help="none, or tanh: bounded short connection x̃ = tanh(W x)."),
     forget_bias: float = typer.Option(0.0, help="Initial bias of the gate that keeps the state (LSTM f); 0 keeps torch's init."),
@@ -166,7 +166,9 @@ def train(
         args = without_option(sys.argv[2:], "--nproc-per-node")
         raise typer.Exit(launch(torchrun_command(nproc, ["-m", "cli.main", "train", *args])))
     gates = values.pop("refine_gates")
-    values["refine_gates"] = [g.strip() for g in gates.split(",") if g.strip()] if isinstance(gates, str) else list(gates or [])
+    if isinstance(gates, str):  # "all" names no subset, e.g. to undo a recipe's i,o with --refine none
+        gates = [] if gates.strip() == "all" else [g.strip() for g in gates.split(",") if g.strip()]
+    values["refine_gates"] = list(gates or [])
     widths = values.pop("channels")
     if isinstance(widths, str):
         try:

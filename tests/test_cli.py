@@ -214,6 +214,13 @@ def test_train_from_a_config_file_with_overrides(tmp_path, trained):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["max_steps"], saved["batch_size"], saved["rnn"], saved["refine"]) == (2, 6, "mgu", "add")
+    # a recipe's refined subset is undone on the command line with --refine-gates all (the vanilla twin of a lease)
+    recipe.write_text(recipe.read_text(encoding="utf-8") + 'refine_gates = "i,o"\nrefine_bound = "tanh"\n', encoding="utf-8")
+    result = invoke("train", "--config", recipe, "--max-steps", 1, "--output", tmp_path / "twin",
+                    "--refine", "none", "--refine-gates", "all", "--refine-bound", "none")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "twin" / "config.json").read_text())
+    assert (saved["refine"], saved["refine_gates"], saved["refine_bound"]) == ("none", [], "none")
     recipe.write_text("max_stepz = 3\n", encoding="utf-8")
     result = invoke("train", "--config", recipe)
     assert result.exit_code == 1 and "unknown option(s) max_stepz" in result.output

@@ -5,8 +5,8 @@
 Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and why, on stderr:
   SCENE_DEVICE=cpu      the batched image stage failed on the GPU: finish batches on the CPU instead
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
-  TRAIN_ARGS=           $TRAIN_ARGS asks for refined gates (--refine ...) and a training step of the checkpoint
-                        turned into that refined model failed: continue with vanilla gates instead
+  TRAIN_ARGS=           the recipe or $TRAIN_ARGS asks for other gates than the checkpoint's (--refine ...) and a
+                        training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
   TEXTREC_CUDA_GRAPHS=0 the model to train runs textrec's own recurrent kernel, and training steps with CUDA
                         graphs of it (textrec.nn.GraphedTraining) failed or did not give the plain steps'
                         loss and gradients (1 % relative): launch its ops one by one instead
@@ -62,20 +62,20 @@ def main() -> None:
         print("SCENE_DEVICE=cpu")
         images = Finisher(height, width, 0, "cpu").model_input(batch, 0).to(device)
     model = checkpoint.build_model().to(device).train()
-    try:
-        training_step(model, images)
-    except Exception as error:  # noqa: BLE001
-        report("a training step with torch's RNN kernel failed", error)
-        print("TEXTREC_TORCH_RNN=0")
-    refined = refined_config(checkpoint.model_config, os.environ.get("TRAIN_ARGS", ""))
-    if refined is not None:
+    if model.sequence.has_torch_kernel:
         try:
-            training_step(CRNN(refined).to(device).train(), images)
+            training_step(model, images)
         except Exception as error:  # noqa: BLE001
-            report(f"a training step of the refined model ({os.environ['TRAIN_ARGS']}) failed", error)
+            report("a training step with torch's RNN kernel failed", error)
+            print("TEXTREC_TORCH_RNN=0")
+    trained = trained_config(checkpoint.model_config, recipe, os.environ.get("TRAIN_ARGS", ""))
+    if trained != checkpoint.model_config:
+        try:
+            training_step(CRNN(trained).to(device).train(), images)
+        except Exception as error:  # noqa: BLE001
+            report(f"a training step of the model to train ({trained.refine} gates, TRAIN_ARGS={os.environ.get('TRAIN_ARGS', '')!r}) failed", error)
             print("TRAIN_ARGS=")
-            refined = None
-    trained = refined or checkpoint.model_config
+            trained = trained_config(checkpoint.model_config, recipe, "")
     if not CRNN(trained).sequence.has_torch_kernel:  # textrec's own kernel: the graphs apply
         try:
             graphs_agree(trained, images)
@@ -125,15 +125,21 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
         raise RuntimeError(f"{graphs.replays} of {steps} steps replayed the graphs")
 
 
-def refined_config(config: CRNNConfig, train_args: str) -> CRNNConfig | None:
-    """The checkpoint's architecture with the --refine options of `train_args`; None when it names none."""
+REFINE_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound")
+
+
+def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNConfig:
+    """The model `textrec train --config RECIPE --init-from CHECKPOINT $TRAIN_ARGS` trains: the checkpoint's
+    architecture with the recipe's refined-gate options, overridden by those of `train_args`."""
+    options = {k: v for k, v in recipe.items() if k in REFINE_KEYS}
     words = shlex.split(train_args)
-    options = {words[i][2:].replace("-", "_"): words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--refine")}
-    if "refine" not in options:
-        return None
-    gates = options.get("refine_gates")
+    options.update({words[i][2:].replace("-", "_"): words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--refine")})
+    if not any(k in options for k in REFINE_KEYS):
+        return config
+    gates = options.get("refine_gates") or "all"
+    gates = gates if not isinstance(gates, str) else [] if gates == "all" else gates.split(",")
     return dataclasses.replace(
-        config, refine=options["refine"], refine_gates=tuple(gates.split(",")) if gates else None,
+        config, refine=options.get("refine", "none"), refine_gates=tuple(g.strip() for g in gates) or None,
         refine_init=options.get("refine_init", "default"), refine_bound=options.get("refine_bound", "none"),
     )
 
