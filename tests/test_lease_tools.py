@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import torch
@@ -17,29 +19,59 @@ sys.path.insert(0, str(ROOT / "tools"))
 import device_check  # noqa: E402
 
 
-def documented_train_args() -> str:
-    """The TRAIN_ARGS of the next lease's command in docs/model.md."""
-    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)"\s*\\?\s*bash tools/gpu_lease\.sh', (ROOT / "docs" / "model.md").read_text())
+RECIPE = tomllib.loads((ROOT / "checkpoints" / "model2.toml").read_text())
+
+
+def documented_twin_args() -> str:
+    """The TRAIN_ARGS of the next lease's command in docs/model.md (lease 3's vanilla twin)."""
+    text = (ROOT / "docs" / "model.md").read_text()
+    section = text[text.index("### The next lease"):]
+    section = section[:section.index("\n## ")]
+    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)"\s*\\?\s*bash tools/gpu_lease\.sh', section)
     return found
 
 
-def test_the_next_lease_refines_the_shipped_model_from_exactly_where_it_is():
+def vanilla(config):
+    return dataclasses.replace(config, refine="none", refine_gates=None, refine_init="default", refine_bound="none")
+
+
+def test_the_recipe_continues_the_shipped_model_exactly():
+    """Every lease continues the shipped model with checkpoints/model2.toml: the recipe's gates must be the
+    checkpoint's, or --init-from refuses it (another architecture)."""
+    shipped = load_checkpoint(ROOT / "checkpoints" / "default.safetensors").model_config
+    assert shipped.refine != "none"  # issue 12: the shipped recurrent layer is refined
+    assert device_check.trained_config(shipped, RECIPE, "") == shipped
+
+
+def test_lease_3_started_the_recipe_refined_gates_from_a_vanilla_model_exactly_where_it_was():
     shipped = load_checkpoint(ROOT / "checkpoints" / "default.safetensors")
-    refined = device_check.refined_config(shipped.model_config, documented_train_args())
-    assert refined is not None and refined.refine != "none"
+    plain = vanilla(shipped.model_config)
+    refined = device_check.trained_config(plain, RECIPE, "")
+    assert refined == shipped.model_config
     # --init-from accepts it: the same network with refined gates that start as vanilla ...
-    assert refines_vanilla(shipped.model_config.full_dict(), refined.full_dict())
-    # ... and with the shipped weights (projections at zero) it reads exactly what the shipped model reads.
-    vanilla, model = shipped.build_model().eval(), CRNN(refined).eval()
-    model.load_state_dict({**model.state_dict(), **shipped.state_dict})
+    assert refines_vanilla(plain.full_dict(), refined.full_dict())
+    # ... and with the vanilla weights (projections at zero) it computes exactly what the vanilla model computes.
+    weights = {k: v for k, v in shipped.state_dict.items() if not k.startswith("sequence.weight_refine")}
+    before, after = CRNN(plain).eval(), CRNN(refined).eval()
+    before.load_state_dict(weights)
+    after.load_state_dict({**after.state_dict(), **weights})
     images = torch.rand(2, 1, 32, 160) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(model(images), vanilla(images), atol=1e-5)
+        assert torch.allclose(after(images), before(images), atol=1e-5)
 
 
-def test_refined_config_reads_only_the_refine_options():
+def test_the_documented_twin_trains_vanilla_gates_over_the_refined_recipe():
     shipped = load_checkpoint(ROOT / "checkpoints" / "default.safetensors").model_config
-    assert device_check.refined_config(shipped, "") is None
-    assert device_check.refined_config(shipped, "--lr 1e-4") is None
-    config = device_check.refined_config(shipped, "--lr 1e-4 --refine mul --refine-gates i")
-    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound) == ("mul", ("i",), "default", "none")
+    plain = vanilla(shipped)
+    assert device_check.trained_config(plain, RECIPE, documented_twin_args()) == plain
+
+
+def test_trained_config_reads_only_the_refine_options():
+    shipped = load_checkpoint(ROOT / "checkpoints" / "default.safetensors").model_config
+    plain = vanilla(shipped)
+    assert device_check.trained_config(plain, {}, "") == plain
+    assert device_check.trained_config(plain, {"lr": 1e-4}, "--lr 1e-4") == plain
+    config = device_check.trained_config(plain, RECIPE, "--lr 1e-4 --refine mul --refine-gates i")
+    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound) == ("mul", ("i",), "vanilla", "tanh")
+    config = device_check.trained_config(plain, {}, "--refine add --refine-gates all")
+    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound) == ("add", None, "default", "none")

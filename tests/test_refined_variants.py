@@ -420,10 +420,11 @@ def test_checkpoint_without_variant_keys_loads_as_before(tmp_path):
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
-def test_shipped_model_config_is_the_vanilla_default():
+def test_shipped_model_has_the_refined_layer_of_its_recipe():
+    """Issue 12: the shipped recurrent layer is refined (add on i, o, tanh-bounded; started as vanilla in lease 3)."""
     config = load_checkpoint(SHIPPED).model_config
-    assert (config.refine, config.refine_init, config.refine_bound, config.forget_bias, config.input_map) == (
-        "none", "default", "none", 0.0, False,
+    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound, config.forget_bias, config.input_map) == (
+        "add", ("i", "o"), "vanilla", "tanh", 0.0, False,
     )
 
 
