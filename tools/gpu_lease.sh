@@ -60,7 +60,7 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >
 SAMPLER=$!
 if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps measured apart (issue 10), into lease.log
     log "data speed: $DATA_SPEED_SECONDS s per part"
-    timeout 200 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 256 \
+    timeout 200 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 1024 \
         --batch-sizes 256 1024 2048 --seconds "$DATA_SPEED_SECONDS" --warmup 10 --fonts data/gpu/fonts \
         --train-data synth:0.75 'data/gpu/real_train/*:0.25' >> "$OUT/lease.log" 2>&1
     # issue 12's GPU target: the shipped refined LSTM layer against cuDNN's at the lease's shapes (T=41), TF32 as trained
