@@ -48,6 +48,7 @@ from .model import CRNN, CRNNConfig
 from .model.backbones import BACKBONES, VGG_CHANNELS
 from .nn import GatedRNN, GraphedTraining, for_training, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
+from .synth.ahead import FinishAhead
 from .synth.pipeline import Finisher
 from .transfer import transfer_weights
 
@@ -58,7 +59,7 @@ ARCHITECTURE_KEYS = (
 )
 # Options that give the run its meaning: a resumed run keeps them unless told otherwise (--accept-changes).
 # max_steps is not among them (a run is lengthened by resuming it with more steps), nor are the options
-# of where and how fast it runs (device, scene_device, workers, amp), of its logging, or init_from
+# of where and how fast it runs (device, scene_device, workers, finish_ahead, amp), of its logging, or init_from
 # (ignored when resuming).
 RUN_KEYS = (
     "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
@@ -117,6 +118,9 @@ class TrainConfig:
     init_from: str | None = None
     # Where the batched image stage runs: "auto" (the training device) or "cpu" (e.g. to spare GPU memory).
     scene_device: str = "auto"
+    # Batches finished ahead by a background thread on their own CUDA stream while the step trains (0: in the
+    # training loop). Speed only: the images are the same (textrec/synth/ahead.py).
+    finish_ahead: int = 0
     # Resume even though RUN_KEYS differ from the saved run's (the new values apply from here on).
     accept_changes: bool = False
 
@@ -190,6 +194,7 @@ _INT_BOUNDS = {
     "max_steps": (1, 10**12), "batch_size": (1, 1 << 20), "warmup_steps": (0, 10**12), "hidden_size": (1, 8192),
     "height": (32, 1024), "width": (8, 8192), "val_interval": (1, 10**12), "log_interval": (1, 10**12),
     "save_interval": (1, 10**12), "workers": (0, 1024), "max_bad_steps": (1, 10**12), "seed": (-(2**63), 2**64 - 1),
+    "finish_ahead": (0, 64),
 }
 
 
@@ -642,12 +647,14 @@ class _Run:
         bad_in_a_row = 0
         started, images_seen = time.perf_counter(), 0
         self.model.train()
+        # Batch k is finished with the random parameters of step start + k, here or ahead in a thread.
+        finished = FinishAhead(loader, self.finisher.model_input, self.step, self.finisher.device, config.finish_ahead)
         try:
-            for batch in loader:
+            for batch, images in finished:
                 for error in batch.errors:
                     self.callbacks.on_event(f"skipped sample: {error}")
                 with _interrupts_held():  # Ctrl-C never splits a weight update from its step count
-                    outcome = self._loss(batch)
+                    outcome = self._loss(batch, images)
                     self.skipped_samples += outcome.errors
                     if outcome.loss is not None:
                         bad_in_a_row = 0
@@ -692,6 +699,7 @@ class _Run:
                 remove_temp_files(self.output)  # the temporary file of a save the interrupt cut short (the lock is ours)
             self.callbacks.on_event(f"interrupted: state saved at step {self.step}; run the same command to resume")
         finally:
+            finished.close()
             if graphs is not None:
                 graphs.remove()
         if not (self.output / "last.safetensors").exists():
@@ -713,11 +721,12 @@ class _Run:
             return None
         return for_training(getattr(self.model, "sequence", None), self.device, self.callbacks.on_event)
 
-    def _loss(self, batch) -> "_Outcome":
-        """One optimisation step on the batch (on every rank's share of it, which all ranks agree on)."""
+    def _loss(self, batch, images: torch.Tensor | None) -> "_Outcome":
+        """One optimisation step on the batch, finished as `images` (None: nothing readable), on every rank's
+        share of it, which all ranks agree on."""
         loss = None
-        if batch.raw is not None:
-            images = self.finisher.model_input(batch.raw, self.step).to(self.device, non_blocking=True)
+        if images is not None:
+            images = images.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 logits = self.network(images)
             log_probs = logits.float().log_softmax(2)

@@ -4,6 +4,8 @@
 
 Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and why, on stderr:
   SCENE_DEVICE=cpu      the batched image stage failed on the GPU: finish batches on the CPU instead
+  FINISH_AHEAD=0        batches finished ahead in a thread on a side CUDA stream (textrec.synth.ahead) differ
+                        from those the training loop finishes: finish them in the loop
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
   TRAIN_ARGS=           the recipe or $TRAIN_ARGS asks for other gates than the checkpoint's (--refine ...) and a
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
@@ -22,6 +24,7 @@ import sys
 import tomllib
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -31,6 +34,7 @@ from textrec.charset import Charset  # noqa: E402
 from textrec.checkpoint import load_checkpoint  # noqa: E402
 from textrec.model import CRNN, CRNNConfig  # noqa: E402
 from textrec.nn import GraphedTraining, tensor_core_matmuls  # noqa: E402
+from textrec.synth.ahead import FinishAhead  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
 
 
@@ -61,6 +65,12 @@ def main() -> None:
         report("the image stage failed on the GPU", error)
         print("SCENE_DEVICE=cpu")
         images = Finisher(height, width, 0, "cpu").model_input(batch, 0).to(device)
+    else:
+        try:
+            ahead_agrees(finisher, batch)
+        except Exception as error:  # noqa: BLE001
+            report("batches finished ahead on a side CUDA stream differ from those finished in the loop", error)
+            print("FINISH_AHEAD=0")
     model = checkpoint.build_model().to(device).train()
     if model.sequence.has_torch_kernel:
         try:
@@ -82,6 +92,17 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001
             report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
             print("TEXTREC_CUDA_GRAPHS=0")
+
+
+def ahead_agrees(finisher: Finisher, raw, steps: int = 4) -> None:
+    """Raises unless `FinishAhead` (a thread, a side stream) gives the images the training loop would make."""
+    direct = [finisher.model_input(raw, 7 + k) for k in range(steps)]
+    batches = [SimpleNamespace(raw=raw) for _ in range(steps)]
+    for k, (_, images) in enumerate(FinishAhead(batches, finisher.model_input, 7, finisher.device, ahead=2)):
+        used = images * 1.0  # read on the main stream, as the step reads it
+        if not torch.allclose(used, direct[k], atol=1e-4):
+            raise AssertionError(f"step {7 + k}: largest difference {float((used - direct[k]).abs().max()):.3g}")
+    torch.cuda.synchronize()
 
 
 def training_step(model, images) -> None:

@@ -56,6 +56,8 @@ python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('to
 FALLBACKS=$(python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log")
 for setting in $FALLBACKS; do export "$setting"; log "fallback: $setting"; done
 SCENE_DEVICE=${SCENE_DEVICE:-auto}
+# Batches finished ahead in a thread, on their own CUDA stream, while the step trains (docs/synth.md, "On the GPU")
+FINISH_AHEAD=${FINISH_AHEAD:-2}
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_util.csv" 2>&1 &
 SAMPLER=$!
 if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps measured apart (issue 10), into lease.log
@@ -75,7 +77,7 @@ if [ -n "${MAX_STEPS:-}" ]; then  # a fixed schedule (a twin of an earlier run):
 else
     log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
     timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
-        "${EXTRA[@]}" --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
+        --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
     PLAN=$(python3 - "$RUN" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" "${FALLBACK_RATE:-3500}" <<'EOF'
 import json, os, sys
 run, lease, reserve, now, fallback = sys.argv[1], *map(int, sys.argv[2:])
@@ -102,7 +104,7 @@ TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
 INIT=()
 [ -f "$RUN/resume.pt" ] || INIT=(--init-from "$INIT_FROM")  # the probe never saved: start here
 timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --scene-device "$SCENE_DEVICE" --max-steps "$MAX_STEPS" \
-    "${EXTRA[@]}" --output "$RUN" >> "$OUT/train.log" 2>&1
+    --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --output "$RUN" >> "$OUT/train.log" 2>&1
 log "training ended (exit $?)"
 
 textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --json "$OUT/val_last_36.json" >> "$OUT/lease.log" 2>&1
