@@ -134,11 +134,20 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
                 loss = logits.float().log_softmax(2).mean()
                 loss.backward()
                 results.append([loss.detach()] + [p.grad for p in model.parameters()])
+            differ = []
             for (name, _), a, b in zip([("loss", None), *plain.named_parameters()], results[0], results[1]):
                 # TF32 products may pick other algorithms inside a capture: allow their rounding, not a wrong gradient
                 if b is None or a is None or (a - b).norm() > 1e-2 * a.norm() + 1e-6:
-                    raise AssertionError(f"{name}: graphed {None if b is None else float(b.norm()):.6g} "
-                                         f"against {None if a is None else float(a.norm()):.6g}")
+                    differ.append((name, None if b is None else float(b.norm()), None if a is None else float(a.norm())))
+            if differ:  # every tensor that differs, by part of the model, so that a lease's log says where
+                parts = {}
+                for name, b, _ in differ:
+                    part = parts.setdefault(name.split(".")[0], [0, 0])
+                    part[0] += 1
+                    part[1] += b == 0.0
+                summary = ", ".join(f"{part}: {n} differ ({zero} graphed as zero)" for part, (n, zero) in parts.items())
+                name, b, a = differ[0]
+                raise AssertionError(f"{summary}; first {name}: graphed {b} against {a}")
     torch.cuda.synchronize()
     if graphs.failure:
         raise RuntimeError(graphs.failure)
