@@ -89,9 +89,31 @@ def export_safetensors(
 # how each sigmoid gate combines with it) is computed for all frames before the loop; each step is then
 # `gates = σ(pre) * scale[t] + shift[t]` (scale = x̃ or 1 and shift = 0 for "mul", scale = 1 and shift = x̃ or 0
 # for "add"), the same equations as textrec/nn/cells.py.
+#
+# The `add` LSTM loop (the shipped model's) is leaner, because onnxruntime pays per node and step: the gate rows
+# are put in the order i, f, o, g with both biases folded into the input side, each step reads one row of `xs`
+# (the pre-activations, then what is added to i, f, o) and slices it at constant bounds (`hidden` is a Python int
+# at export). 15-20 % faster at batch 1 than the general loop, whose `chunk` adds shape arithmetic (docs/deploy.md).
+
+
+def _lstm_loop_add(xs: Tensor, w_hh_t: Tensor, hidden: int) -> Tensor:
+    """xs (T, B, 7H): pre-activations of i, f, o, g, then what is added to the sigmoids of i, f, o (0 where a
+    gate is not refined, or for vanilla gates behind an input map)."""
+    h = torch.zeros(xs.size(1), hidden, dtype=xs.dtype)
+    c = torch.zeros(xs.size(1), hidden, dtype=xs.dtype)
+    outputs: List[Tensor] = []
+    for t in range(xs.size(0)):
+        x = xs[t]
+        z = x[:, : 4 * hidden] + torch.mm(h, w_hh_t)
+        s = torch.sigmoid(z[:, : 3 * hidden]) + x[:, 4 * hidden :]
+        c = s[:, hidden : 2 * hidden] * c + s[:, :hidden] * torch.tanh(z[:, 3 * hidden :])
+        h = s[:, 2 * hidden : 3 * hidden] * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs)
 
 
 def _lstm_loop(xg: Tensor, scale: Tensor, shift: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """The general LSTM loop (torch's gate order), for `mul`: scale and shift (T, B, 3H) as above."""
     hidden = w_hh.size(1)
     h = torch.zeros(xg.size(1), hidden, dtype=xg.dtype)
     c = torch.zeros(xg.size(1), hidden, dtype=xg.dtype)
@@ -136,12 +158,12 @@ def _mgu_loop(xg: Tensor, scale: Tensor, shift: Tensor, w_hh: Tensor, b_hh: Tens
     return torch.stack(outputs)
 
 
-_LOOPS = {"lstm": _lstm_loop, "gru": _gru_loop, "mgu": _mgu_loop}
+_LOOPS = {"lstm": _lstm_loop, "lstm-add": _lstm_loop_add, "gru": _gru_loop, "mgu": _mgu_loop}
 _SCRIPTED: dict = {}
 
 
 def _scripted_loop(mode: str):
-    """The mode's loop compiled by TorchScript (once), which is what makes the exporter write an ONNX Loop."""
+    """The loop of `mode` (a key of _LOOPS) compiled by TorchScript (once): what makes the exporter write an ONNX Loop."""
     if mode not in _SCRIPTED:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice: the legacy exporter needs it
@@ -162,6 +184,20 @@ def _gate_factors(rnn: GatedRNN, xt: Tensor | None, like: Tensor) -> tuple[Tenso
     return torch.cat(scale, -1), torch.cat(shift, -1)
 
 
+def _lstm_layer(rnn: GatedRNN, x: Tensor, xt: Tensor | None, p: dict) -> Tensor:
+    """One direction of an LSTM layer: `add` (and vanilla gates behind an input map) through the lean loop, with
+    the gate rows reordered to i, f, o, g and both biases folded; `mul` through the general loop."""
+    hidden = rnn.hidden_size
+    if xt is not None and rnn.refine == "mul":
+        xg = nn.functional.linear(x, p["w_ih"], p["b_ih"])
+        scale, shift = _gate_factors(rnn, xt, xg[..., :hidden])
+        return _scripted_loop("lstm")(xg, scale, shift, p["w_hh"], p["b_hh"])
+    order = torch.cat([torch.arange(0, 2 * hidden), torch.arange(3 * hidden, 4 * hidden), torch.arange(2 * hidden, 3 * hidden)])
+    xs = nn.functional.linear(x, p["w_ih"][order], (p["b_ih"] + p["b_hh"])[order])
+    _, shift = _gate_factors(rnn, xt, xs[..., :hidden])
+    return _scripted_loop("lstm-add")(torch.cat([xs, shift], -1), p["w_hh"][order].t(), hidden)
+
+
 def _loop_layers(rnn: GatedRNN, x: Tensor) -> Tensor:
     """The layers of `rnn` over (T, B, I), starting from zero states; output (T, B, D*H)."""
     for layer in range(rnn.num_layers):
@@ -172,10 +208,13 @@ def _loop_layers(rnn: GatedRNN, x: Tensor) -> Tensor:
         for direction in range(rnn.num_directions):
             p = rnn.layer_params(layer, direction)
             xd = x.flip(0) if direction else x
-            xg = nn.functional.linear(xd, p["w_ih"], p["b_ih"])
             xt = refinement_input(xd, p["w_refine"], rnn.hidden_size, rnn.refine_gates, rnn.short_connection)
-            scale, shift = _gate_factors(rnn, xt, xg[..., : rnn.hidden_size])
-            out = _scripted_loop(rnn.mode)(xg, scale, shift, p["w_hh"], p["b_hh"])
+            if rnn.mode == "lstm":
+                out = _lstm_layer(rnn, xd, xt, p)
+            else:
+                xg = nn.functional.linear(xd, p["w_ih"], p["b_ih"])
+                scale, shift = _gate_factors(rnn, xt, xg[..., : rnn.hidden_size])
+                out = _scripted_loop(rnn.mode)(xg, scale, shift, p["w_hh"], p["b_hh"])
             outputs.append(out.flip(0) if direction else out)
         x = torch.cat(outputs, -1)
     return x
