@@ -325,11 +325,13 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt  # what `textrec train` does on SIGTERM
 
 
+@pytest.mark.parametrize("ahead", [0, 2], ids=["in-loop", "finish-ahead-2"])
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_in_the_middle_of_an_update_resumes_exactly(words, tmp_path, monkeypatch, number):
+def test_ctrl_c_in_the_middle_of_an_update_resumes_exactly(words, tmp_path, monkeypatch, number, ahead):
     """Ctrl-C (or SIGTERM) after the optimizer step but before the step count: the saved state must be consistent.
 
-    Dropout is on, so the RNG stream must also be restored exactly.
+    Dropout is on, so the RNG stream must also be restored exactly. With batches finished ahead in a thread
+    (--finish-ahead), the interrupted and resumed run must still end where the straight run (in the loop) ends.
     """
     handler = signal.default_int_handler if number == signal.SIGINT else _raise_keyboard_interrupt
     previous = signal.signal(number, handler)
@@ -340,8 +342,8 @@ def test_ctrl_c_in_the_middle_of_an_update_resumes_exactly(words, tmp_path, monk
         original = textrec.train._Run._loss
         fired = []
 
-        def loss_then_ctrl_c(self, batch):
-            loss = original(self, batch)
+        def loss_then_ctrl_c(self, batch, images):
+            loss = original(self, batch, images)
             if self.step == 6 and not fired:  # the 7th update is applied, its step not yet counted
                 fired.append(True)
                 signal.getsignal(number)(number, None)  # what the interpreter does when the signal arrives
@@ -349,11 +351,11 @@ def test_ctrl_c_in_the_middle_of_an_update_resumes_exactly(words, tmp_path, monk
 
         monkeypatch.setattr(textrec.train._Run, "_loss", loss_then_ctrl_c)
         recorder = Recorder()
-        result = train(tiny_config(words, tmp_path / "stopped", **config), recorder)
+        result = train(tiny_config(words, tmp_path / "stopped", **config, finish_ahead=ahead), recorder)
         assert fired and result.interrupted and result.steps == 7
         assert recorder.events[-1] == "interrupted: state saved at step 7; run the same command to resume"
         monkeypatch.setattr(textrec.train._Run, "_loss", original)
-        result = train(tiny_config(words, tmp_path / "stopped", **config))
+        result = train(tiny_config(words, tmp_path / "stopped", **config, finish_ahead=ahead))
         assert result.steps == 10 and not result.interrupted
     finally:
         signal.signal(number, previous)
