@@ -123,10 +123,12 @@ def test_resume_refuses_other_architecture(word_set, tmp_path):
         train(tiny_config(word_set, tmp_path / "run", max_steps=20, refine="add"))
 
 
-def test_worker_processes_read_the_lmdbs(word_set, tmp_path):
-    """Worker processes must open their own LMDB environments (py-lmdb forbids inheriting one)."""
+@pytest.mark.parametrize("ahead", [0, 2], ids=["in-loop", "finish-ahead-2"])
+def test_worker_processes_read_the_lmdbs(word_set, tmp_path, ahead):
+    """Worker processes must open their own LMDB environments (py-lmdb forbids inheriting one), also when a
+    background thread takes the batches from them (--finish-ahead)."""
     recorder = Recorder()
-    result = train(tiny_config(word_set, tmp_path / "run", max_steps=4, workers=1, val_interval=4), recorder)
+    result = train(tiny_config(word_set, tmp_path / "run", max_steps=4, workers=1, val_interval=4, finish_ahead=ahead), recorder)
     assert result.steps == 4 and result.skipped_samples == 0, recorder.events[:3]
 
 

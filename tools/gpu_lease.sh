@@ -53,7 +53,10 @@ textrec() { python3 -m cli.main "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/lease.log"
 python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$OUT/lease.log"
 # The GPU code paths, checked in seconds: a failure switches to a fallback instead of costing the lease.
-FALLBACKS=$(python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log")
+FALLBACKS=$(timeout 150 python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log") || {
+    log "device check did not finish (exit $?): the plainest paths from here"
+    FALLBACKS="$FALLBACKS FINISH_AHEAD=0 TEXTREC_CUDA_GRAPHS=0"
+}
 for setting in $FALLBACKS; do export "$setting"; log "fallback: $setting"; done
 SCENE_DEVICE=${SCENE_DEVICE:-auto}
 # Batches finished ahead in a thread, on their own CUDA stream, while the step trains (docs/synth.md, "On the GPU")
