@@ -485,14 +485,22 @@ def test_transfer_to_a_refined_model_needs_start_as_vanilla(tmp_path):
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
-def test_shipped_model_starts_a_refined_model_unchanged():
+def test_shipped_model_starts_a_refined_model_unchanged(tmp_path):
+    """Lease 3's transfer at the shipped architecture: the shipped weights without their projections, saved as a
+    vanilla checkpoint, start the shipped refined layer (projections at zero) with unchanged outputs."""
     import dataclasses
 
-    checkpoint = load_checkpoint(SHIPPED)
+    from textrec.checkpoint import Checkpoint, save_checkpoint
+
+    shipped = load_checkpoint(SHIPPED)
+    plain = dataclasses.replace(shipped.model_config, refine="none", refine_gates=None, refine_init="default", refine_bound="none")
+    weights = {k: v for k, v in shipped.state_dict.items() if not k.startswith("sequence.weight_refine")}
+    save_checkpoint(tmp_path / "vanilla.safetensors", Checkpoint(plain, shipped.charset, shipped.preprocess, weights))
+    checkpoint = load_checkpoint(tmp_path / "vanilla.safetensors")
     vanilla = checkpoint.build_model()
-    config = dataclasses.replace(checkpoint.model_config, refine="add", refine_gates=("i", "o"), refine_init="vanilla")
-    refined = CRNN(config)
-    transfer_weights(refined, checkpoint.charset, checkpoint)
+    refined = CRNN(shipped.model_config)
+    report = transfer_weights(refined, checkpoint.charset, checkpoint)
+    assert len(report.fresh) == 4  # the four projections start at zero
     from textrec.predict import Recognizer
 
     images = Recognizer(vanilla, checkpoint.charset, checkpoint.preprocess).prepare(
