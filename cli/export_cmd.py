@@ -25,6 +25,11 @@ def export(
         None, "--dynamic-width/--fixed-width",
         help="safetensors: at inference pad each batch only to its widest image, or every image to the model width (default: as the checkpoint).",
     ),
+    min_width: Optional[int] = typer.Option(
+        None, min=0,
+        help="safetensors, with dynamic width: pad each batch to at least this many pixels (0: no minimum; "
+        "default: as the checkpoint). Models trained on padded inputs read short words alone better padded.",
+    ),
     int8: bool = typer.Option(
         False, "--int8",
         help="onnx: LSTM and matrix-product weights in int8 (onnxruntime's dynamic quantisation: half the size, "
@@ -40,11 +45,11 @@ def export(
     check_output_file(output, overwrite)
     chosen = output_format(output, export_format)
     if chosen == "onnx":
-        if half or dynamic_width is not None:
-            fail("--half and --dynamic-width apply to the safetensors format only")
+        if half or dynamic_width is not None or min_width is not None:
+            fail("--half, --dynamic-width and --min-width apply to the safetensors format only")
         export_onnx(checkpoint, output, int8=int8)
     else:
         if int8:
             fail("--int8 applies to the onnx format only")
-        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width)
+        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width, min_width=min_width)
     console.print(f"wrote {output} ({chosen}, {output.stat().st_size / 1e6:.1f} MB)")

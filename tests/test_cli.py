@@ -288,3 +288,7 @@ def test_export_sets_the_inference_width_mode(trained, tmp_path):
     result = invoke("export", tmp_path / "dyn.safetensors", tmp_path / "fixed.safetensors", "--fixed-width")
     assert not load_checkpoint(tmp_path / "fixed.safetensors").preprocess.dynamic_width
     assert_one_clear_line(invoke("export", source, tmp_path / "m.onnx", "--format", "onnx", "--dynamic-width"), "safetensors")
+    result = invoke("export", tmp_path / "dyn.safetensors", tmp_path / "min.safetensors", "--min-width", 64)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "min.safetensors").preprocess.min_width == 64
+    assert_one_clear_line(invoke("export", source, tmp_path / "big.safetensors", "--min-width", 100000), "--min-width 100000")

@@ -129,3 +129,15 @@ def test_dynamic_width_pads_a_batch_only_to_its_widest_image():
     # The image itself is resized the same way; only the padding differs.
     width = alone.shape[-1]
     assert torch.equal(alone[0, :, :, :width], fixed.prepare([short])[0, :, :, :width])
+    # min_width: a short word alone is padded (by its last column, as in training) to at least that width
+    padded = Recognizer(model, charset, Preprocess(width=160, dynamic_width=True, min_width=128))
+    assert padded.prepare([short]).shape[-1] == input_width(short, padded.preprocess) == 128
+    assert torch.equal(padded.prepare([short])[0, :, :, :width], alone[0])
+    assert padded.prepare([short, long]).shape[-1] == 160
+
+
+def test_min_width_is_written_only_when_used():
+    """Older textrec versions refuse unknown preprocess keys: a checkpoint without a minimum keeps today's."""
+    assert "min_width" not in Preprocess(width=160).to_dict()
+    values = Preprocess(width=160, min_width=128).to_dict()
+    assert values["min_width"] == 128 and Preprocess.from_dict(values).min_width == 128

@@ -102,6 +102,16 @@ def test_the_graph_carries_charset_preprocessing_and_calibration(tmp_path):
     preprocess = meta["preprocess"]
     assert Preprocess.from_dict({k: preprocess[k] for k in Preprocess().to_dict()}) == load_checkpoint(source).preprocess
     assert preprocess["min_width"] == 32 and "grayscale" in preprocess["color"] and "bicubic" in preprocess["resample"]
+    # A checkpoint's own minimum width (textrec export --min-width) reaches the graph and back
+    from textrec.export import export_safetensors
+
+    export_safetensors(source, tmp_path / "min.safetensors", dynamic_width=True, min_width=48)
+    assert invoke("export", tmp_path / "min.safetensors", tmp_path / "min.onnx").exit_code == 0
+    assert read_onnx_metadata(tmp_path / "min.onnx")["preprocess"]["min_width"] == 48
+    if importlib.util.find_spec("onnxruntime"):
+        from textrec.export import onnx_recognizer
+
+        assert onnx_recognizer(tmp_path / "min.onnx").preprocess.min_width == 48
     assert meta["model"]["rnn"] == "gru" and meta["textrec_version"]
     uncalibrated = tiny_checkpoint(tmp_path / "plain.safetensors")
     assert invoke("export", uncalibrated, tmp_path / "plain.onnx").exit_code == 0

@@ -18,6 +18,7 @@ def test_shipped_model_is_small_and_self_describing():
     checkpoint = load_checkpoint(SHIPPED)
     assert checkpoint.charset.chars == Charset.from_spec("95").chars
     assert checkpoint.preprocess.height == 32 and checkpoint.preprocess.dynamic_width
+    assert checkpoint.preprocess.min_width == 128  # chosen on the validation split (docs/model.md, card)
     assert checkpoint.info["stored_as"] == "float16"
 
 

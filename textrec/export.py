@@ -63,16 +63,21 @@ def output_format(output: str | Path, requested: str | None = None) -> str:
 
 
 def export_safetensors(
-    source: str | Path, output: str | Path, half: bool = False, dynamic_width: bool | None = None
+    source: str | Path, output: str | Path, half: bool = False, dynamic_width: bool | None = None,
+    min_width: int | None = None,
 ) -> Checkpoint:
     """Copy a checkpoint, with floating-point weights stored as float16 when `half` (half the size).
 
     Loading casts the weights back to the model's float32, so a half copy needs no flag to use.
-    `dynamic_width` (None: as the source) sets how inference pads its batches (see Preprocess).
+    `dynamic_width` and `min_width` (None: as the source) set how inference pads its batches (see Preprocess).
     """
     checkpoint = load_checkpoint(source)
     if dynamic_width is not None:
         checkpoint.preprocess = dataclasses.replace(checkpoint.preprocess, dynamic_width=dynamic_width)
+    if min_width is not None:
+        if not 0 <= min_width <= checkpoint.preprocess.width:
+            raise ConfigError(f"--min-width {min_width}: give 0 to the model width ({checkpoint.preprocess.width})")
+        checkpoint.preprocess = dataclasses.replace(checkpoint.preprocess, min_width=min_width)
     if half:
         checkpoint.state_dict = {
             k: v.half() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()
@@ -255,12 +260,12 @@ def onnx_preprocess(checkpoint: Checkpoint) -> dict:
             "by repeating the last column; otherwise stretch to height x width"
         ),
         "input_width": (
-            f"dynamic_width: the batch's widest image, each image counting max({MIN_INPUT_WIDTH}, "
-            "min(width, ceil(height * w / h))); otherwise width"
+            f"dynamic_width: the batch's widest image, each image counting max({max(MIN_INPUT_WIDTH, p.min_width)}, "
+            "min(width, ceil(height * w / h))), at most width; otherwise width"
             if p.keep_ratio
             else "width"
         ),
-        "min_width": MIN_INPUT_WIDTH,
+        "min_width": max(MIN_INPUT_WIDTH, p.min_width),
         "normalize": "pixel / 255, then (value - mean) / std",
         "layout": "N x 1 x height x input_width, float32",
     }
@@ -487,7 +492,11 @@ def onnx_recognizer(source: str | Path, int8: bool = False, threads: int | None 
         data, meta = read_onnx_graph(source)
         try:
             charset = Charset(meta["charset"])
-            preprocess = Preprocess.from_dict({key: meta["preprocess"][key] for key in Preprocess().to_dict()})
+            stated = meta["preprocess"]
+            preprocess = Preprocess.from_dict({f.name: stated[f.name] for f in dataclasses.fields(Preprocess) if f.name != "min_width"})
+            # The graph states the effective minimum, at least MIN_INPUT_WIDTH, which every input gets anyway
+            if stated.get("min_width", 0) > MIN_INPUT_WIDTH:
+                preprocess = dataclasses.replace(preprocess, min_width=stated["min_width"])
             calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
         except (KeyError, TypeError, ValueError, LabelError) as exc:
             raise CheckpointError(f"{source}: incomplete textrec metadata ({exc})") from None
