@@ -16,6 +16,7 @@ from rich.table import Table
 from textrec.distributed import World, launch, torchrun_command, without_option
 from textrec.files import Unreadable, read_regular
 from textrec.model.backbones import BACKBONES, VGG_CHANNELS
+from textrec.nn.gates import parse_gate_names
 from textrec.train import TrainCallbacks, TrainConfig, TrainStart, check_batch_split
 from textrec.train import train as run_training
 
@@ -171,9 +172,8 @@ def train(
         args = without_option(sys.argv[2:], "--nproc-per-node")
         raise typer.Exit(launch(torchrun_command(nproc, ["-m", "cli.main", "train", *args])))
     gates = values.pop("refine_gates")
-    if isinstance(gates, str):  # "all" names no subset, e.g. to undo a recipe's i,o with --refine none
-        gates = [] if gates.strip() == "all" else [g.strip() for g in gates.split(",") if g.strip()]
-    values["refine_gates"] = list(gates or [])
+    # "all" names no subset, e.g. to undo a recipe's i,o with --refine none
+    values["refine_gates"] = parse_gate_names(gates) if isinstance(gates, str) else list(gates or [])
     widths = values.pop("channels")
     if isinstance(widths, str):
         try:

@@ -189,14 +189,10 @@ def _gate_factors(rnn: GatedRNN, xt: Tensor | None, like: Tensor) -> tuple[Tenso
     return torch.cat(scale, -1), torch.cat(shift, -1)
 
 
-def _lstm_layer(rnn: GatedRNN, x: Tensor, xt: Tensor | None, p: dict) -> Tensor:
-    """One direction of an LSTM layer: `add` (and vanilla gates behind an input map) through the lean loop, with
-    the gate rows reordered to i, f, o, g and both biases folded; `mul` through the general loop."""
+def _lstm_add_layer(rnn: GatedRNN, x: Tensor, xt: Tensor | None, p: dict) -> Tensor:
+    """One direction of an LSTM layer through the lean `add` loop (vanilla gates behind an input map too: xt None),
+    with the gate rows reordered to i, f, o, g and both biases folded."""
     hidden = rnn.hidden_size
-    if xt is not None and rnn.refine == "mul":
-        xg = nn.functional.linear(x, p["w_ih"], p["b_ih"])
-        scale, shift = _gate_factors(rnn, xt, xg[..., :hidden])
-        return _scripted_loop("lstm")(xg, scale, shift, p["w_hh"], p["b_hh"])
     order = torch.cat([torch.arange(0, 2 * hidden), torch.arange(3 * hidden, 4 * hidden), torch.arange(2 * hidden, 3 * hidden)])
     xs = nn.functional.linear(x, p["w_ih"][order], (p["b_ih"] + p["b_hh"])[order])
     _, shift = _gate_factors(rnn, xt, xs[..., :hidden])
@@ -214,9 +210,9 @@ def _loop_layers(rnn: GatedRNN, x: Tensor) -> Tensor:
             p = rnn.layer_params(layer, direction)
             xd = x.flip(0) if direction else x
             xt = refinement_input(xd, p["w_refine"], rnn.hidden_size, rnn.refine_gates, rnn.short_connection)
-            if rnn.mode == "lstm":
-                out = _lstm_layer(rnn, xd, xt, p)
-            else:
+            if rnn.mode == "lstm" and not (xt is not None and rnn.refine == "mul"):
+                out = _lstm_add_layer(rnn, xd, xt, p)
+            else:  # GRU, MGU and `mul` LSTMs: the general loops
                 xg = nn.functional.linear(xd, p["w_ih"], p["b_ih"])
                 scale, shift = _gate_factors(rnn, xt, xg[..., : rnn.hidden_size])
                 out = _scripted_loop(rnn.mode)(xg, scale, shift, p["w_hh"], p["b_hh"])

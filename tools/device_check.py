@@ -34,6 +34,7 @@ from textrec.charset import Charset  # noqa: E402
 from textrec.checkpoint import load_checkpoint  # noqa: E402
 from textrec.model import CRNN, CRNNConfig  # noqa: E402
 from textrec.nn import GraphedTraining, tensor_core_matmuls  # noqa: E402
+from textrec.nn.gates import parse_gate_names  # noqa: E402
 from textrec.synth.ahead import FinishAhead  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
 
@@ -167,9 +168,9 @@ def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNCon
     if not any(k in options for k in REFINE_KEYS):
         return config
     gates = options.get("refine_gates") or "all"
-    gates = gates if not isinstance(gates, str) else [] if gates == "all" else gates.split(",")
+    gates = parse_gate_names(gates) if isinstance(gates, str) else gates
     return dataclasses.replace(
-        config, refine=options.get("refine", "none"), refine_gates=tuple(g.strip() for g in gates) or None,
+        config, refine=options.get("refine", "none"), refine_gates=tuple(gates) or None,
         refine_init=options.get("refine_init", "default"), refine_bound=options.get("refine_bound", "none"),
     )
 

@@ -40,6 +40,11 @@ def check_refine(refine: str) -> str:
     return refine
 
 
+def parse_gate_names(text: str) -> list[str]:
+    """`--refine-gates` as written: comma-separated gate names; "all" (or nothing) names no subset."""
+    return [] if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
+
+
 def resolve_refine_gates(mode: str, refine: str, refine_gates: Iterable[str] | None) -> tuple[str, ...]:
     """The refined gates, in the mode's gate order: all sigmoid gates unless a subset is named."""
     allowed = SIGMOID_GATES[mode]
