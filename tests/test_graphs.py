@@ -139,3 +139,46 @@ def test_for_training_installs_only_where_the_graphs_can_help(monkeypatch):
     graphs.remove()
     monkeypatch.setitem(os.environ, "TEXTREC_CUDA_GRAPHS", "0")
     assert for_training(refined, "cuda") is None
+
+
+def _gradient_edges(outputs) -> dict[int, int]:
+    """How many gradient edges of the autograd graph behind `outputs` end in each leaf (by id of the leaf)."""
+    counts: dict[int, int] = {}
+    seen, todo = set(), [o.grad_fn for o in outputs if o.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if hasattr(child, "variable"):  # AccumulateGrad: the edge ends in a leaf
+                counts[id(child.variable)] = counts.get(id(child.variable), 0) + 1
+            else:
+                todo.append(child)
+    return counts
+
+
+@pytest.mark.parametrize("refine", [None, "add"])
+def test_what_the_graphs_capture_sends_one_gradient_to_each_leaf(refine):
+    # A leaf with two gradients has them summed on the stream of its AccumulateGrad node; under capture
+    # (torch 2.11) that sum fell outside the graph and replays gave a zero input gradient. The module that
+    # GraphedTraining hands to make_graphed_callables must send one gradient to its input and to each weight.
+    torch.manual_seed(0)
+    options = {} if refine is None else dict(refine=refine, refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh")
+    rnn = GatedRNN("lstm", 6, 4, num_layers=2, bidirectional=True, **options)
+    captured = []
+
+    def make_graphed(module, sample_args, allow_unused_input=False):
+        captured.append((module, sample_args))
+        return module
+
+    GraphedTraining(rnn, make_graphed=make_graphed, device_type="cpu")
+    rnn.train()
+    rnn(torch.randn(5, 3, 6, requires_grad=True))
+    module, (sample,) = captured[0]
+    out, (h, c) = module(sample)
+    counts = _gradient_edges([out, h, c])
+    assert counts[id(sample)] == 1
+    assert {name: counts.get(id(p), 0) for name, p in module.named_parameters()} == {name: 1 for name, _ in module.named_parameters()}

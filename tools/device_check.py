@@ -9,9 +9,10 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
   TRAIN_ARGS=           the recipe or $TRAIN_ARGS asks for other gates than the checkpoint's (--refine ...) and a
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
-  TEXTREC_CUDA_GRAPHS=0 the model to train runs textrec's own recurrent kernel, and training steps with CUDA
-                        graphs of it (textrec.nn.GraphedTraining) failed or did not give the plain steps'
-                        loss and gradients (1 % relative): launch its ops one by one instead
+  TEXTREC_CUDA_GRAPHS=0 training steps with CUDA graphs of textrec's own recurrent kernel
+                        (textrec.nn.GraphedTraining) failed or did not give the plain steps' loss and gradients
+                        (1 % relative): launch its ops one by one instead. Checked on the model to train, or on
+                        the recipe's model when the one to train runs torch's kernel (harmless there)
 Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
@@ -87,9 +88,13 @@ def main() -> None:
             report(f"a training step of the model to train ({trained.refine} gates, TRAIN_ARGS={os.environ.get('TRAIN_ARGS', '')!r}) failed", error)
             print("TRAIN_ARGS=")
             trained = trained_config(checkpoint.model_config, recipe, "")
-    if not CRNN(trained).sequence.has_torch_kernel:  # textrec's own kernel: the graphs apply
+    # The graphs apply to textrec's own kernel. A run that trains with torch's (a vanilla twin) still checks
+    # them on the recipe's own model, so that every lease says whether they work (the line goes to the log).
+    checked = trained if not CRNN(trained).sequence.has_torch_kernel else trained_config(checkpoint.model_config, recipe, "")
+    if not CRNN(checked).sequence.has_torch_kernel:
         try:
-            graphs_agree(trained, images)
+            graphs_agree(checked, images)
+            print(f"device check: CUDA graphs of the recurrent layer ({checked.refine} gates) agree with plain steps", file=sys.stderr)
         except Exception as error:  # noqa: BLE001
             report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
             print("TEXTREC_CUDA_GRAPHS=0")

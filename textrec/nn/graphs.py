@@ -37,7 +37,15 @@ class _Plain(nn.Module):
         self._forward = forward
 
     def forward(self, x: Tensor):
-        return self._forward(x)
+        # The layer reads its input twice (once per direction), so the input would get two gradients,
+        # summed in the input buffer of the sample input's AccumulateGrad node. make_graphed_callables
+        # keeps its warm-up graph alive while it captures, and in torch 2.11 (warm-up and capture on
+        # different streams) that sum ran on the warm-up stream: outside the capture, so every replay
+        # returned the capture-time input gradient, zero (lease 3: the backbone's gradients all zero;
+        # torch warned that the AccumulateGrad node's stream did not match). Through one alias made in
+        # this iteration the two gradients are summed in its own buffer, on the capturing stream, and
+        # every leaf the capture differentiates gets exactly one gradient (tests/test_graphs.py).
+        return self._forward(x.view_as(x))
 
 
 class GraphedTraining:
