@@ -70,6 +70,28 @@ def test_two_workers_write_what_one_writes(tmp_path, monkeypatch):
     assert records(tmp_path / "one") == records(tmp_path / "two")
 
 
+@pytest.mark.parametrize("image_format", ["jpeg", "png"])
+def test_stored_images_decode_to_the_finished_pixels_with_either_encoder(monkeypatch, image_format):
+    # torchvision.io encodes the LMDB's files; where a torchvision has dropped its encoders, Pillow does.
+    import io
+
+    import torchvision
+
+    from textrec.synth import writer
+
+    batch, _ = writer.Renderer(GlyphSource(6, Charset.from_spec("36"), 26))._raw_chunk(0, 12)
+    crops = Finisher(32, 100, 6, scale=1).crops(batch, 0)
+    fast = writer.encode_crops(crops, image_format)
+    monkeypatch.delattr(torchvision.io, "encode_jpeg")
+    fallback = writer.encode_crops(crops, image_format)
+    for crop, *files in zip(crops, fast, fallback):
+        for data in files:
+            decoded = np.asarray(Image.open(io.BytesIO(data)))
+            assert decoded.shape == tuple(crop.shape[1:])
+            difference = np.abs(decoded.astype(int) - crop[0].numpy()).mean()
+            assert difference == 0 if image_format == "png" else difference < 3  # JPEG at quality 95
+
+
 @pytest.mark.parametrize("spec", ["36", "94"])
 def test_every_sample_decodes_with_a_label_that_fits(tmp_path, spec):
     charset = Charset.from_spec(spec)

@@ -18,6 +18,10 @@ sample unchanged, exactly):
   kind 0 none, 1 shade ramp, 2 highlight towards white.
 * `clamp_levels(images)`: clamp to 0..255, for the end of the stage.
 
+The four effects that usually fire on a minority of samples (both blurs, low resolution, JPEG) return a
+new tensor; with `in_place=True` they write the samples they change into `images` itself and return it,
+which saves a copy of the batch for a caller that owns `images` (the scene does).
+
 Why not torchvision.transforms.v2.functional: its `gaussian_blur`, `adjust_gamma`, `resize`
 and `jpeg` take one parameter for the whole batch (and `jpeg` runs libjpeg on uint8 images),
 and it has no motion blur; so each effect here is written with torch tensor ops (grouped
@@ -92,15 +96,16 @@ def _keep(images: torch.Tensor, result: torch.Tensor, off: torch.Tensor) -> torc
     return torch.where(off.view(-1, 1, 1, 1), images, result)
 
 
-def _on_active(images: torch.Tensor, active: torch.Tensor, effect, *params: torch.Tensor) -> torch.Tensor:
+def _on_active(images: torch.Tensor, active: torch.Tensor, effect, *params: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """effect(images, *params) run on the samples where `active` (B,) is true only; the others
     are returned exactly as they came. The costly effects fire on a minority of samples, so this
     saves most of their work; it synchronises with the device once (which they need anyway,
-    for a kernel size or an early exit)."""
+    for a kernel size or an early exit). `in_place`: the active samples are written into `images`
+    itself (for a caller that owns it: no copy of the whole batch)."""
     if bool(active.all()):
         return effect(images, *params)
     index = active.nonzero().squeeze(1)
-    out = images.clone()
+    out = images if in_place else images.clone()
     if index.numel():
         out.index_copy_(0, index, effect(images.index_select(0, index), *(p.index_select(0, index) for p in params)))
     return out
@@ -116,7 +121,7 @@ def _grouped_conv(images: torch.Tensor, kernels: torch.Tensor, pad: tuple[int, i
     return F.conv2d(flat, weight, groups=batch * channels).view(batch, channels, height, width)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Per-sample Gaussian blur, `sigma` (B,) in pixels (0: unchanged), replicate padding.
 
     The kernel size is the batch's: 2 * ceil(3 * max sigma) + 1, at most MAX_BLUR_KERNEL (31);
@@ -127,7 +132,7 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     of k * k for the same result."""
     _check_images(images)
     sigma = _param(sigma, images, "sigma").clamp(min=0)
-    return _on_active(images, sigma > 0, _gaussian_blur, sigma)
+    return _on_active(images, sigma > 0, _gaussian_blur, sigma, in_place=in_place)
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -144,7 +149,7 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return _grouped_conv(out, kernel.unsqueeze(2), (0, 0, radius, radius))
 
 
-def motion_blur(images: torch.Tensor, length: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+def motion_blur(images: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Per-sample linear motion blur along a line of `length` pixels (<= 1: unchanged; at most
     MAX_MOTION_LENGTH, 31) through the pixel, at `angle` radians (0: horizontal; positive turns
     counter-clockwise as displayed, image rows going down), replicate padding.
@@ -156,7 +161,7 @@ def motion_blur(images: torch.Tensor, length: torch.Tensor, angle: torch.Tensor)
     _check_images(images)
     length = _param(length, images, "length").clamp(max=MAX_MOTION_LENGTH)
     angle = _param(angle, images, "angle")
-    return _on_active(images, length > 1, _motion_blur, length, angle)
+    return _on_active(images, length > 1, _motion_blur, length, angle, in_place=in_place)
 
 
 def _motion_blur(images: torch.Tensor, length: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -212,7 +217,7 @@ def _resample_matrices(size: int, factor: torch.Tensor) -> torch.Tensor:
     return dense[:, :, :size]
 
 
-def low_resolution(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def low_resolution(images: torch.Tensor, factor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """A camera with fewer pixels: each sample downscaled to round(factor * H) x round(factor * W)
     pixels (0 < factor <= 1; 1: unchanged) by area averaging, then scaled back up bilinearly
     (align_corners=False), to the same size.
@@ -232,7 +237,7 @@ def low_resolution(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         raise ValueError("factor must lie in (0, 1]")
     height, width = images.shape[-2:]
     active = (torch.round(height * factor) < height) | (torch.round(width * factor) < width)
-    return _on_active(images, active, _low_resolution, factor)
+    return _on_active(images, active, _low_resolution, factor, in_place=in_place)
 
 
 def _low_resolution(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -301,7 +306,7 @@ def jpeg_quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
     return torch.floor((table * scale + 50.0) / 100.0).clamp(1, 255)
 
 
-def jpeg_like(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+def jpeg_like(images: torch.Tensor, quality: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """JPEG compression artefacts at per-sample IJG quality 1..99 (0 or >= 100: unchanged):
     clamp to 0..255 (a JPEG stores 8-bit pixels), replicate-pad H and W to multiples of 8 (as
     libjpeg does), shift by -128, 8x8 block DCT-II (orthonormal), quantise with the luminance
@@ -311,7 +316,7 @@ def jpeg_like(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     not rounded to whole grey levels."""
     _check_images(images)
     quality = _param(quality, images, "quality")
-    return _on_active(images, (quality > 0) & (quality < 100), _jpeg_like, quality)
+    return _on_active(images, (quality > 0) & (quality < 100), _jpeg_like, quality, in_place=in_place)
 
 
 def _jpeg_like(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ class FontFace:
     path: str  # "" for Pillow's built-in font
     index: int = 0
 
-    @property
+    @functools.cached_property  # read once per sample: Path() parsing cost a third of a warm text stage
     def name(self) -> str:
         if not self.path:
             return "Pillow built-in (Aileron)"

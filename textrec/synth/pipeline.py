@@ -142,10 +142,12 @@ class Finisher:
         return self.scene.model_input(self.canvas(batch, step), self.mean, self.std)
 
     @torch.no_grad()
-    def images(self, batch: RawBatch, step: int) -> list[Image.Image]:
-        """Finished images on the working canvas, each cut to its content width (for LMDBs and previews)."""
+    def crops(self, batch: RawBatch, step: int) -> list[torch.Tensor]:
+        """Finished images on the working canvas as (1, H, w) uint8 CPU tensors, each cut to its content width."""
         canvas = self.canvas(batch, step)
         pixels = canvas.images.round().clamp(0, 255).to(torch.uint8).cpu()
-        return [
-            Image.fromarray(pixels[i, 0, :, : int(w)].numpy(), "L") for i, w in enumerate(canvas.widths.cpu().tolist())
-        ]
+        return [pixels[i, :, :, : int(w)].contiguous() for i, w in enumerate(canvas.widths.cpu().tolist())]
+
+    def images(self, batch: RawBatch, step: int) -> list[Image.Image]:
+        """`crops` as greyscale PIL images (for previews and sample files)."""
+        return [Image.fromarray(crop[0].numpy(), "L") for crop in self.crops(batch, step)]

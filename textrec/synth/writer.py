@@ -12,12 +12,14 @@ import io
 import math
 import shutil
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torchvision
 from PIL import Image, ImageDraw
 
 from ..charset import Charset
@@ -29,7 +31,9 @@ from .pipeline import Finisher, RawSample, collate_raw, fit_width
 # Samples finished together (one scene batch): large enough for the batched ops to pay, small for the writer's window.
 CHUNK = 256
 
-IMAGE_FORMATS = {"jpeg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_level": 6})}
+IMAGE_FORMATS = ("jpeg", "png")
+JPEG_QUALITY = 95
+PNG_COMPRESSION = 6
 
 
 class Renderer:
@@ -42,13 +46,21 @@ class Renderer:
 
     def chunk(self, number: int, count: int) -> list[tuple[Image.Image, str]]:
         """Samples number*CHUNK .. number*CHUNK + count - 1, finished as one batch."""
+        batch, labels = self._raw_chunk(number, count)
+        return list(zip(self.finisher.images(batch, number), labels))
+
+    def encoded_chunk(self, number: int, count: int, image_format: str) -> list[tuple[bytes, str]]:
+        """`chunk`'s samples encoded as `image_format` files (what an LMDB stores)."""
+        batch, labels = self._raw_chunk(number, count)
+        return list(zip(encode_crops(self.finisher.crops(batch, number), image_format), labels))
+
+    def _raw_chunk(self, number: int, count: int):
         raws = []
         for index in range(number * CHUNK, number * CHUNK + count):
             glyph = self.glyphs.sample(index)
             pixels, ink, em = fit_width(glyph.mask, glyph.ink, glyph.em, self.max_mask_width)
             raws.append(RawSample(pixels, ink, em, glyph.label, False))
-        batch, labels = collate_raw(raws)
-        return list(zip(self.finisher.images(batch, number), labels))
+        return collate_raw(raws)
 
     def render(self, count: int, start_chunk: int = 0) -> list[tuple[Image.Image, str]]:
         out: list[tuple[Image.Image, str]] = []
@@ -89,16 +101,36 @@ def _init_worker(renderer: Renderer) -> None:
     _worker_renderer = renderer
 
 
-def _encode(image: Image.Image, image_format: str) -> bytes:
-    fmt, options = IMAGE_FORMATS[image_format]
+def encode_crops(crops: list[torch.Tensor], image_format: str) -> list[bytes]:
+    """(1, H, w) uint8 tensors as JPEG (quality JPEG_QUALITY) or PNG files.
+
+    torchvision.io encodes straight from the tensors (libjpeg-turbo, libpng): the same JPEG bytes as Pillow at
+    quality 95, a list of JPEGs in one call, about a third of Pillow's time per word image (no PIL image, no
+    BytesIO). torchvision 0.29 deprecates these encoders in favour of TorchCodec; where they are gone, Pillow
+    writes the files (the pixels decode the same either way)."""
+    if not crops:
+        return []
+    encode_jpeg, encode_png = getattr(torchvision.io, "encode_jpeg", None), getattr(torchvision.io, "encode_png", None)
+    if encode_jpeg is None or encode_png is None:
+        return [_pillow_encode(crop, image_format) for crop in crops]
+    with warnings.catch_warnings():  # the deprecation notice, once per call of a library that caps torchvision
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if image_format == "jpeg":
+            encoded = encode_jpeg(crops, quality=JPEG_QUALITY)
+        else:
+            encoded = [encode_png(crop, compression_level=PNG_COMPRESSION) for crop in crops]
+    return [data.numpy().tobytes() for data in encoded]
+
+
+def _pillow_encode(crop: torch.Tensor, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
+    options = {"quality": JPEG_QUALITY} if image_format == "jpeg" else {"compress_level": PNG_COMPRESSION}
+    Image.fromarray(crop[0].numpy(), "L").save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
 
 
 def _render_chunk(number: int, count: int, image_format: str, renderer: Renderer | None = None) -> list[tuple[bytes, str]]:
-    renderer = renderer or _worker_renderer
-    return [(_encode(image, image_format), label) for image, label in renderer.chunk(number, count)]
+    return (renderer or _worker_renderer).encoded_chunk(number, count, image_format)
 
 
 def write_synth_lmdb(
