@@ -158,6 +158,14 @@ class GlyphAtlas:
         self.size = size
         self.kerning = face_kerning(face)
         self._glyphs: dict[str, tuple[np.ndarray, int, int, float]] = {}
+        self._kerning_px: dict[str, float] = {}
+
+    def kerning_px(self, pair: str) -> float:
+        """The face's kerning of `pair` at this size, in pixels."""
+        adjust = self._kerning_px.get(pair)
+        if adjust is None:
+            adjust = self._kerning_px[pair] = self.kerning(pair) * self.size
+        return adjust
 
     def glyph(self, char: str) -> tuple[np.ndarray, int, int, float]:
         """(bitmap, left, top, advance): the bitmap's offset from the pen (top from the ascender line) and the advance in pixels."""
@@ -194,19 +202,34 @@ def rasterise(text: str, atlas: GlyphAtlas, spacing: float = 0.0) -> np.ndarray:
     pad = 2
     pen = 0.0
     placed = []
-    for number, char in enumerate(text):
-        if number:
-            pen += atlas.kerning(text[number - 1 : number + 1]) * atlas.size + spacing
-        bitmap, left, top, advance = atlas.glyph(char)
+    x0 = y0 = math.inf
+    x1 = y1 = -math.inf
+    # Runs once per sample: the per-glyph work is kept to dictionary lookups and the box's bounds.
+    glyphs, kerning_px = atlas._glyphs, atlas._kerning_px
+    previous = None
+    for char in text:
+        if previous is not None:
+            pair = previous + char
+            adjust = kerning_px.get(pair)
+            pen += (atlas.kerning_px(pair) if adjust is None else adjust) + spacing
+        previous = char
+        glyph = glyphs.get(char) or atlas.glyph(char)
+        bitmap, left, top, advance = glyph
         if bitmap.size:
-            placed.append((bitmap, int(math.floor(pen + 0.5)) + left, top))
+            x = int(math.floor(pen + 0.5)) + left
+            placed.append((bitmap, x, top))
+            height, width = bitmap.shape
+            if x < x0:
+                x0 = x
+            if top < y0:
+                y0 = top
+            if x + width > x1:
+                x1 = x + width
+            if top + height > y1:
+                y1 = top + height
         pen += advance
     if not placed:
         return np.zeros((2 * pad + 1, 2 * pad + 1), np.uint8)
-    x0 = min(x for _, x, _ in placed)
-    y0 = min(y for _, _, y in placed)
-    x1 = max(x + b.shape[1] for b, x, _ in placed)
-    y1 = max(y + b.shape[0] for b, _, y in placed)
     mask = np.zeros((y1 - y0 + 2 * pad, x1 - x0 + 2 * pad), np.uint8)
     for bitmap, x, y in placed:
         top, left = y - y0 + pad, x - x0 + pad

@@ -75,11 +75,23 @@ def homography(src: Tensor, dst: Tensor) -> Tensor:
 
 
 def project(matrix: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-    """Apply (B, 3, 3) homographies to coordinate grids xs, ys broadcastable to (B, H, W)."""
+    """Apply (B, 3, 3) homographies to the grid of columns xs (B, 1, W) and rows ys (B, H, 1): (B, H, W) each.
+
+    Each row of the matrix is a sum of a column part and a row part, so the full grid is touched by one
+    addition per row and one division per coordinate (the parts themselves are a row or a column)."""
     m = matrix[:, :, :, None, None]  # (B, 3, 3, 1, 1)
-    w = m[:, 2, 0] * xs + m[:, 2, 1] * ys + m[:, 2, 2]
-    w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6), w)
-    return (m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2]) / w, (m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2]) / w
+    column = m[:, 2, 0] * xs + m[:, 2, 2]
+    row = m[:, 2, 1] * ys
+    w = column + row
+    # |w| < 1e-6 would blow the division up: such points become 1e-6. w is linear on the grid, so its
+    # extremes are the sums of the parts' extremes; the check over the whole grid runs only if they reach it.
+    low = column.amin((1, 2)) + row.amin((1, 2))
+    high = column.amax((1, 2)) + row.amax((1, 2))
+    if not bool(((low >= 1e-6) | (high <= -1e-6)).all()):
+        w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6), w)
+    x = (m[:, 0, 0] * xs + m[:, 0, 2]).add(m[:, 0, 1] * ys).div_(w)
+    y = (m[:, 1, 0] * xs + m[:, 1, 2]).add(m[:, 1, 1] * ys).div_(w)
+    return x, y
 
 
 def _corners(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> Tensor:
@@ -292,9 +304,16 @@ class Scene:
 
         def blotches(images, coarse, strength):
             n = images.shape[0]
-            fine = F.interpolate(torch.randn(n, 1, 10, max(10, W // 6), generator=g, device=images.device), size=(H, W), mode="bicubic", align_corners=False)
-            low = F.interpolate(torch.randn(n, 1, 4, max(4, W // 16), generator=g, device=images.device), size=(H, W), mode="bicubic", align_corners=False)
-            return images + torch.where(_col(coarse), low, fine) * _col(strength)
+            fine = torch.randn(n, 1, 10, max(10, W // 6), generator=g, device=images.device)
+            low = torch.randn(n, 1, 4, max(4, W // 16), generator=g, device=images.device)
+            # Each sample's field is its coarse or its fine noise, upsampled: only that one is upsampled.
+            field = torch.empty_like(images)
+            for noise, wanted in ((low, coarse), (fine, ~coarse)):
+                index = wanted.nonzero().squeeze(1)
+                if index.numel():
+                    upsampled = F.interpolate(noise.index_select(0, index), size=(H, W), mode="bicubic", align_corners=False)
+                    field.index_copy_(0, index, upsampled)
+            return images + field * _col(strength)
 
         canvas = on_subset_(d.fires("texture"), blotches, canvas, d.chance(0.5), d.uniform(0.2, 0.5) * amplitude)
 
