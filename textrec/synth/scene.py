@@ -84,11 +84,14 @@ def project(matrix: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     row = m[:, 2, 1] * ys
     w = column + row
     # |w| < 1e-6 would blow the division up: such points become 1e-6. w is linear on the grid, so its
-    # extremes are the sums of the parts' extremes; the check over the whole grid runs only if they reach it.
+    # extremes are the sums of the parts' extremes; the grids of the samples where they reach it are
+    # checked point by point (a strong perspective whose horizon crosses the grid: about one in 256).
     low = column.amin((1, 2)) + row.amin((1, 2))
     high = column.amax((1, 2)) + row.amax((1, 2))
-    if not bool(((low >= 1e-6) | (high <= -1e-6)).all()):
-        w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6), w)
+    index = (~((low >= 1e-6) | (high <= -1e-6))).nonzero().squeeze(1)
+    if index.numel():
+        part = w.index_select(0, index)
+        w.index_copy_(0, index, torch.where(part.abs() < 1e-6, torch.full_like(part, 1e-6), part))
     x = (m[:, 0, 0] * xs + m[:, 0, 2]).add(m[:, 0, 1] * ys).div_(w)
     y = (m[:, 1, 0] * xs + m[:, 1, 2]).add(m[:, 1, 1] * ys).div_(w)
     return x, y
@@ -245,7 +248,7 @@ class Scene:
             shape = torch.where(arc[:, None, None], bend[:, None, None] * (t * t - 0.5), wave)
             return my - amplitude[:, None, None] * shape
 
-        my = on_subset(on, lambda m, *a: bent(m, *a), my, mx, ink, amplitude, arc, bend, frequency, phase)
+        my = on_subset_(on, lambda m, *a: bent(m, *a), my, mx, ink, amplitude, arc, bend, frequency, phase)
         return mx, my
 
     def _real_geometry(self, d: Draws, sizes: Tensor):
@@ -402,9 +405,9 @@ class Scene:
 
     def _text(self, d: Draws, canvas, fill, fg, bg, stroke) -> Tensor:
         bold = d.fires("faux_bold")
-        fill = on_subset(bold, dilate, fill, torch.where(d.chance(0.33), 2, 1))
+        fill = on_subset_(bold, dilate, fill, torch.where(d.chance(0.33), 2, 1))  # `canvas` made fill for this
         outline = d.fires("outline") & ~bold
-        outer = on_subset(outline, dilate, fill, d.randint(1, 3).long())  # equals fill where there is no outline
+        outer = on_subset(outline, dilate, fill, d.randint(1, 3).long())  # a copy: equals fill where there is no outline
 
         def shadow(images, shape, dx, dy, blur, shade, opacity):
             soft = camera.gaussian_blur(self._placed(shape, torch.ones_like(dx), dx, dy), blur)
@@ -468,8 +471,8 @@ class Scene:
         noise = torch.where(real, d.uniform(2, 10), torch.minimum(d.uniform(2, 14), (contrast / 5).clamp(min=2)))
         images = on_subset_(d.fires("noise"), lambda x, s: camera.add_noise(x, s, d.generator), images, noise)
         quality = torch.where(real, d.randint(20, 80), d.randint(15, 75))
-        images = camera.jpeg_like(camera.clamp_levels(images), torch.where(d.fires("jpeg"), quality, 0.0), in_place=True)
-        return camera.clamp_levels(images)
+        images = camera.jpeg_like(images.clamp_(0.0, 255.0), torch.where(d.fires("jpeg"), quality, 0.0), in_place=True)
+        return images.clamp_(0.0, 255.0)  # camera.clamp_levels, in place: the scene owns the batch
 
     # ---- the whole stage ---------------------------------------------------------------------------------
 
@@ -506,7 +509,7 @@ class Scene:
         if synth.numel():  # the scene around the synthetic texts: background, clutter, glyph styles
             pick = lambda t: t.index_select(0, synth)  # noqa: E731
             ds = d.subset(synth)
-            fill = (pick(warped) / 255).clamp(0, 1)
+            fill = (pick(warped) / 255).clamp_(0, 1)
             canvas = _col(pick(bg)).expand_as(fill).clone()
             canvas = self._background(ds, canvas, pick(fg), pick(bg), pick(contrast), pick(widths), pick(ink), fill)
             images = warped.index_copy(0, synth, self._text(ds, canvas, fill, pick(fg), pick(bg), pick(stroke)))
