@@ -104,8 +104,8 @@ def _corners(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> Tensor:
 def _sample(pixels: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """Bilinear samples of pixels (B, 1, H, W) at pixel coordinates x, y (B, h, w); zeros outside."""
     height, width = pixels.shape[-2:]
-    x, y = torch.broadcast_tensors(x, y)
-    grid = torch.stack([2 * x / width - 1, 2 * y / height - 1], -1)
+    # Normalised before broadcasting: for a row of columns and a column of rows that is a few hundred values each.
+    grid = torch.stack(torch.broadcast_tensors(2 * x / width - 1, 2 * y / height - 1), -1)
     return _sample_grid(pixels, grid)
 
 
