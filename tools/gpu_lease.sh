@@ -12,8 +12,8 @@
 # What it does (times from the script's start; LEASE_SECONDS is the command's own limit):
 #   1. installs the carried wheels, records the machine (GPU, torch), checks the GPU code paths in seconds
 #      (tools/device_check.py: a failing one gets its fallback) and samples GPU use every 5 s;
-#      with DATA_SPEED_SECONDS=N, first times the data path and training steps apart (benchmarks/data_speed.py)
-#      and the recurrent layers against cuDNN's (benchmarks/rnn_speed.py, about 15 s);
+#      with DATA_SPEED_SECONDS=N, first times the data path and training steps apart (benchmarks/data_speed.py);
+#      times the recurrent layers against cuDNN's (benchmarks/rnn_speed.py, about 15 s; RNN_SPEED=0 skips it);
 #   2. probe: trains PROBE_SECONDS from INIT_FROM with the recipe, stops it (state saved) and
 #      reads the data rate off metrics.jsonl;
 #   3. resumes the same run with max_steps set so that the cosine schedule ends RESERVE seconds
@@ -68,7 +68,10 @@ if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps mea
     timeout 200 python3 benchmarks/data_speed.py --device auto --workers "${WORKERS:-15}" --data-batch 1024 \
         --batch-sizes 256 1024 2048 --seconds "$DATA_SPEED_SECONDS" --warmup 10 --fonts data/gpu/fonts \
         --train-data synth:0.75 'data/gpu/real_train/*:0.25' >> "$OUT/lease.log" 2>&1
-    # issue 12's GPU target: the shipped refined LSTM layer against cuDNN's at the lease's shapes (T=41), TF32 as trained
+fi
+if [ "${RNN_SPEED:-1}" = 1 ]; then  # issue 12's GPU target, about 15 s (RNN_SPEED=0 skips it): the shipped refined
+    # LSTM layer against cuDNN's at the lease's shapes (T=41), TF32 as trained, with CUDA graphs unless the check turned them off
+    log "recurrent layer speed"
     timeout 60 python3 benchmarks/rnn_speed.py --device cuda --modes lstm --variants add-io-vstart-tanh,add-io-map \
         --steps 41 --batch 1024 --train-repeats 8 --infer-repeats 10 >> "$OUT/lease.log" 2>&1
 fi
