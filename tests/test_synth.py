@@ -273,6 +273,24 @@ def test_font_folders_are_searched_and_bad_files_reported(tmp_path, no_system_fo
         assert [Path(f.path) for f in discover_fonts(system).faces] == system
 
 
+def test_fifos_and_dangling_links_given_as_fonts_or_words_are_refused_without_blocking(tmp_path, no_system_fonts):
+    # FreeType and a plain read() would wait forever on a FIFO with no writer: such files are named and skipped.
+    import os
+
+    folder = tmp_path / "fonts"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.ttf")
+    (folder / "gone.ttf").symlink_to(tmp_path / "nowhere.ttf")
+    os.mkfifo(tmp_path / "given.otf")
+    report = discover_fonts([folder, tmp_path / "given.otf"])
+    reasons = {Path(path).name: reason for path, reason in report.rejected}
+    assert reasons["pipe.ttf"] == reasons["given.otf"] == "is a FIFO (named pipe), not a regular file"
+    assert reasons["gone.ttf"].startswith("cannot open") and report.faces == []
+    os.mkfifo(tmp_path / "words.txt")
+    with pytest.raises(DataError, match=r"words.txt: cannot read word list \(is a FIFO \(named pipe\), not a regular file\)"):
+        TextSampler(Charset.from_spec("36"), words=tmp_path / "words.txt")
+
+
 def test_words_file_replaces_the_dictionary(tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("shop\t3\nhéllo\nbakery\n\n", encoding="utf-8")

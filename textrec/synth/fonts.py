@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageFont
 
 from ..errors import DataError
+from ..files import os_reason, special_kind
 
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 
@@ -69,10 +70,9 @@ class FontReport:
 def _font_files(folders: list[Path]) -> list[Path]:
     files: set[Path] = set()
     for folder in folders:
-        if folder.is_file() and folder.suffix.lower() in FONT_SUFFIXES:
-            files.add(folder)
-            continue
-        if not folder.is_dir():
+        if not folder.is_dir():  # a file named directly: whatever it is, discovery says what it makes of it
+            if folder.exists() and folder.suffix.lower() in FONT_SUFFIXES:
+                files.add(folder)
             continue
         for root, _dirs, names in os.walk(folder, followlinks=True):
             for name in names:
@@ -104,6 +104,14 @@ def discover_fonts(folders: list[str | Path] | None = None, system: bool = True)
     for file in _font_files(wanted):
         if any(hint in file.name.lower() for hint in _SYMBOL_HINTS):
             rejected.append((str(file), "symbol font"))
+            continue
+        try:  # FreeType would block on a FIFO with no writer: only regular files are opened
+            kind = special_kind(file.stat().st_mode)
+        except OSError as exc:
+            rejected.append((str(file), f"cannot open ({os_reason(exc)})"))
+            continue
+        if kind:
+            rejected.append((str(file), f"is {kind}, not a regular file"))
             continue
         count = _MAX_FACES if file.suffix.lower() == ".ttc" else 1
         for index in range(count):

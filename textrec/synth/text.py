@@ -20,11 +20,14 @@ from pathlib import Path
 
 from ..charset import Charset, ctc_min_length
 from ..errors import DataError
+from ..files import Unreadable, read_regular
 
 MAX_TEXT_LENGTH = 25
 
 # The shipped dictionary: 50,000 frequent English words (wordfreq 3.1.1, see resources/README.md).
 DEFAULT_WORDS = "en_words.tsv.gz"
+# A word list larger than this is refused (a whole corpus given by mistake, or a device).
+WORDS_MAX_BYTES = 256 * 1024 * 1024
 
 # Frequency flattening: a word is drawn with weight frequency ** WORD_FREQUENCY_POWER. With 1.0 "the" would be
 # every 20th word; real signs show many rare words and names, so the tail is lifted (see docs/synth.md).
@@ -103,9 +106,9 @@ def read_word_lines(path: str | Path | None) -> tuple[list[tuple[str, float]], s
         return list(_default_words()), f"built-in English list ({DEFAULT_WORDS})"
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{file}: cannot read word list ({exc.strerror or exc})") from None
+        text = read_regular(file, WORDS_MAX_BYTES).decode("utf-8")
+    except Unreadable as exc:  # missing, a folder, a FIFO that would block, too large ...
+        raise DataError(f"{file}: cannot read word list ({exc.reason})") from None
     except UnicodeDecodeError:
         raise DataError(f"{file}: word list is not UTF-8 text") from None
     pairs = []
