@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
 from textrec.checkpoint import load_checkpoint
@@ -75,3 +77,21 @@ def test_trained_config_reads_only_the_refine_options():
     assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound) == ("mul", ("i",), "vanilla", "tanh")
     config = device_check.trained_config(plain, {}, "--refine add --refine-gates all")
     assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound) == ("add", None, "default", "none")
+
+
+def test_the_graphs_check_runs_work_in_another_thread_and_reports_its_failure():
+    # tools/device_check.py checks CUDA graphs while batches are finished in another thread, as --finish-ahead
+    # does in training; here the thread's bookkeeping on the CPU (the capture itself needs a GPU).
+    seen = []
+    with device_check._meanwhile(lambda k: (seen.append(k), time.sleep(0.001)), torch.device("cpu")):
+        time.sleep(0.05)
+    assert seen[:3] == [0, 1, 2]
+
+    def broken(k):
+        raise ValueError("operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="finished in another thread during the graphed steps failed: ValueError"):
+        with device_check._meanwhile(broken, torch.device("cpu")):
+            time.sleep(0.02)
+    with device_check._meanwhile(None, torch.device("cpu")):
+        pass

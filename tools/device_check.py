@@ -11,21 +11,25 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
   TEXTREC_CUDA_GRAPHS=0 training steps with CUDA graphs of textrec's own recurrent kernel
                         (textrec.nn.GraphedTraining) failed or did not give the plain steps' loss and gradients
-                        (1 % relative): launch its ops one by one instead. Checked on the model to train, or on
-                        the recipe's model when the one to train runs torch's kernel (harmless there)
+                        (1 % relative), with batches finished in another thread meanwhile as --finish-ahead
+                        does: launch its ops one by one instead. Checked on the model to train, or on the
+                        recipe's model when the one to train runs torch's kernel (harmless there)
 Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
 import sys
+import threading
 import tomllib
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
@@ -66,7 +70,8 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001  (any failure means: fall back)
         report("the image stage failed on the GPU", error)
         print("SCENE_DEVICE=cpu")
-        images = Finisher(height, width, 0, "cpu").model_input(batch, 0).to(device)
+        finisher = Finisher(height, width, 0, "cpu")  # as training will finish its batches from here on
+        images = finisher.model_input(batch, 0).to(device)
     else:
         try:
             ahead_agrees(finisher, batch)
@@ -92,8 +97,8 @@ def main() -> None:
     # them on the recipe's own model, so that every lease says whether they work (the line goes to the log).
     checked = trained if not CRNN(trained).sequence.has_torch_kernel else trained_config(checkpoint.model_config, recipe, "")
     if not CRNN(checked).sequence.has_torch_kernel:
-        try:
-            graphs_agree(checked, images)
+        try:  # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
+            graphs_agree(checked, images, finish_meanwhile=lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True))
             print(f"device check: CUDA graphs of the recurrent layer ({checked.refine} gates) agree with plain steps", file=sys.stderr)
         except Exception as error:  # noqa: BLE001
             report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
@@ -122,15 +127,18 @@ def training_step(model, images) -> None:
     assert torch.isfinite(loss)
 
 
-def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
+def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: Callable[[int], object] | None = None) -> None:
     """Raises unless training steps with CUDA graphs of the recurrent layer (the first captures, the others
-    replay) give the loss and gradients of the same steps run op by op, as `textrec train` runs them."""
+    replay) give the loss and gradients of the same steps run op by op, as `textrec train` runs them.
+
+    `finish_meanwhile(k)`, when given, runs over and over in another thread on its own CUDA stream during the
+    steps, as batches finished ahead are (`--finish-ahead`): the capture must neither fail nor spoil its work."""
     torch.manual_seed(0)
     plain = CRNN(config).to(images.device).train()
     graphed = CRNN(config).to(images.device).train()
     graphed.load_state_dict(plain.state_dict())
     graphs = GraphedTraining(graphed.sequence)
-    with tensor_core_matmuls(images.device):
+    with tensor_core_matmuls(images.device), _meanwhile(finish_meanwhile, images.device):
         for _ in range(steps):
             results = []
             for model in (plain, graphed):
@@ -159,6 +167,39 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3) -> None:
         raise RuntimeError(graphs.failure)
     if graphs.replays != steps:
         raise RuntimeError(f"{graphs.replays} of {steps} steps replayed the graphs")
+
+
+@contextlib.contextmanager
+def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
+    """Run work(0), work(1), ... in a thread on a side CUDA stream until the block ends; its first error is raised then."""
+    if work is None:
+        yield
+        return
+    stop, errors, done = threading.Event(), [], []
+
+    def loop() -> None:
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                while not stop.is_set():
+                    work(len(done))
+                    done.append(None)
+            if stream is not None:
+                stream.synchronize()
+        except BaseException as error:  # noqa: BLE001  (raised in the checking thread)
+            errors.append(error)
+
+    thread = threading.Thread(target=loop, name="device-check-finish-ahead", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    if errors:
+        raise RuntimeError(f"batches finished in another thread during the graphed steps failed: {errors[0]!r}") from errors[0]
+    if not done:
+        raise RuntimeError("no batch was finished in another thread during the graphed steps (the check tested nothing)")
 
 
 REFINE_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound")

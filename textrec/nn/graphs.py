@@ -100,8 +100,11 @@ class GraphedTraining:
         # Under autocast the layer casts its input to float32 and runs without autocast inside; the
         # graph captures that cast. The autocast cache must be off while capturing (torch's rule).
         autocast = torch.is_autocast_enabled(self.device_type)
+        # "thread_local": while this thread captures, other threads may go on with their own CUDA work (allocate,
+        # copy to the host, synchronise their streams), as `textrec.synth.ahead.FinishAhead` does on its side
+        # stream; the default ("global") would make those calls fail, or spoil the capture.
         with torch.autocast(self.device_type, enabled=autocast, cache_enabled=False):
-            return self.make_graphed(plain, (sample,), allow_unused_input=True)
+            return self.make_graphed(plain, (sample,), allow_unused_input=True, capture_error_mode="thread_local")
 
 
 def for_training(module, device: torch.device | str, on_failure: Callable[[str], None] | None = None) -> GraphedTraining | None:
