@@ -50,6 +50,8 @@ def synth(
     check_staging_folder(output_dir.with_name(output_dir.name + ".partial"))
     if preview is not None:
         check_output_file(preview, overwrite)
+    if image_format not in IMAGE_FORMATS:
+        fail(f"--format must be one of {', '.join(IMAGE_FORMATS)} (got {image_format!r})")
     chars = Charset.from_spec(charset)
     glyphs = GlyphSource(seed, chars, max_frames, [str(f) for f in fonts or []], str(words) if words else None, system_fonts)
     renderer = Renderer(glyphs, height, width, scale)

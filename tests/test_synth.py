@@ -286,6 +286,8 @@ def test_fifos_and_dangling_links_given_as_fonts_or_words_are_refused_without_bl
     reasons = {Path(path).name: reason for path, reason in report.rejected}
     assert reasons["pipe.ttf"] == reasons["given.otf"] == "is a FIFO (named pipe), not a regular file"
     assert reasons["gone.ttf"].startswith("cannot open") and report.faces == []
+    (tmp_path / "font.woff").write_bytes(b"wOFF")  # named directly but not a kind of font file we open: said so
+    assert discover_fonts([tmp_path / "font.woff"]).rejected == [(str(tmp_path / "font.woff"), "not a font file (.ttf, .otf, .ttc)")]
     os.mkfifo(tmp_path / "words.txt")
     with pytest.raises(DataError, match=r"words.txt: cannot read word list \(is a FIFO \(named pipe\), not a regular file\)"):
         TextSampler(Charset.from_spec("36"), words=tmp_path / "words.txt")
@@ -346,7 +348,8 @@ def test_cli_writes_lmdb_and_preview(tmp_path):
     assert "images/s" in result.output
     assert len(LmdbDataset(out)) == 12 and sheet.is_file()
     bad = CliRunner().invoke(app, [str(tmp_path / "x"), "--count", "3", "--format", "gif"])
-    assert bad.exit_code == 1 and "image format" in bad.output
+    # refused before any work: no progress bar, no font search
+    assert bad.exit_code == 1 and bad.output == "error: --format must be one of jpeg, png (got 'gif')\n"
 
 
 def test_cli_names_bad_font_files(tmp_path):

@@ -71,7 +71,7 @@ def _font_files(folders: list[Path]) -> list[Path]:
     files: set[Path] = set()
     for folder in folders:
         if not folder.is_dir():  # a file named directly: whatever it is, discovery says what it makes of it
-            if folder.exists() and folder.suffix.lower() in FONT_SUFFIXES:
+            if os.path.lexists(folder):  # (a system font folder this machine lacks is no file)
                 files.add(folder)
             continue
         for root, _dirs, names in os.walk(folder, followlinks=True):
@@ -104,6 +104,9 @@ def discover_fonts(folders: list[str | Path] | None = None, system: bool = True)
     for file in _font_files(wanted):
         if any(hint in file.name.lower() for hint in _SYMBOL_HINTS):
             rejected.append((str(file), "symbol font"))
+            continue
+        if file.suffix.lower() not in FONT_SUFFIXES:  # only named directly: folders are searched for these
+            rejected.append((str(file), f"not a font file ({', '.join(FONT_SUFFIXES)})"))
             continue
         try:  # FreeType would block on a FIFO with no writer: only regular files are opened
             kind = special_kind(file.stat().st_mode)
