@@ -47,6 +47,10 @@ class RichCallbacks(TrainCallbacks):
         for source in start.sources:
             for example in source.examples:
                 self.progress.console.print(f"  dropped e.g. {example}", style="dim", soft_wrap=True, markup=False)
+            for path, reason in source.rejected_fonts[:5]:
+                self.progress.console.print(f"  font not used: {path}: {reason}", style="dim", soft_wrap=True, markup=False)
+            if len(source.rejected_fonts) > 5:
+                self.progress.console.print(f"  ... and {len(source.rejected_fonts) - 5} more fonts not used", style="dim")
         val = ", ".join(f"{name} ({n})" for name, n in start.val_sets) or "none"
         processes = f" x {start.processes} processes (the batch split among them)" if start.processes > 1 else ""
         self.progress.console.print(

@@ -375,3 +375,14 @@ def test_phrases_put_marks_before_the_space_as_printed():
     assert not any(" ," in t or " ." in t for t in phrases)  # never a space before the mark
     without = TextSampler(Charset.from_spec("36"), max_frames=41)  # no punctuation in the charset: none drawn
     assert not any(set(without.sample(rng)) & set(",.:;!-") for _ in range(500))
+
+
+def test_training_names_the_fonts_it_was_given_but_does_not_use(tmp_path, no_system_fonts):
+    # `textrec train --synth-fonts` shows them under the data table (cli/train_cmd.py), as `textrec synth` does
+    from textrec.train import _source_info
+
+    (tmp_path / "broken.ttf").write_bytes(b"\x00" * 100)
+    source = SynthSource(0, Charset.from_spec("36"), fonts=[str(tmp_path / "broken.ttf")])
+    info = _source_info(source, 1.0, 8)
+    assert info.fonts == 0 and [Path(path).name for path, _ in info.rejected_fonts] == ["broken.ttf"]
+    assert info.rejected_fonts[0][1].startswith("cannot open")

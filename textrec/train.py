@@ -147,6 +147,7 @@ class SourceInfo:
     dropped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     fonts: int | None = None  # faces the synthetic source draws from
+    rejected_fonts: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): found or named, not used
 
 
 @dataclass
@@ -811,7 +812,8 @@ def _source_info(source, share: float, per_batch: int) -> SourceInfo:
         }
         examples = list(screening.examples)
     fonts = getattr(source, "font_count", None)
-    return SourceInfo(source.name, source.size, share, per_batch, dropped, examples, fonts)
+    rejected = list(getattr(source, "rejected_fonts", []))
+    return SourceInfo(source.name, source.size, share, per_batch, dropped, examples, fonts, rejected)
 
 
 def check_batch_split(batch_size: int, processes: int) -> None:

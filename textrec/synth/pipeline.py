@@ -82,6 +82,11 @@ class SynthSource:
     def font_count(self) -> int:
         return self.glyphs.font_count
 
+    @property
+    def rejected_fonts(self) -> list[tuple[str, str]]:
+        """(file, reason) for each font file found or named that is not drawn with."""
+        return list(self.glyphs.rejected_fonts)
+
     def raw(self, index: int) -> RawSample:
         glyph = self.glyphs.sample(index)
         pixels, ink, em = fit_width(glyph.mask, glyph.ink, glyph.em, self.max_mask_width)
