@@ -24,12 +24,16 @@ import device_check  # noqa: E402
 RECIPE = tomllib.loads((ROOT / "checkpoints" / "model2.toml").read_text())
 
 
-def documented_twin_args() -> str:
-    """The TRAIN_ARGS of the next lease's command in docs/model.md (lease 3's vanilla twin)."""
+def twin_section() -> str:
+    """docs/model.md's prepared lease for lease 3's vanilla twin."""
     text = (ROOT / "docs" / "model.md").read_text()
-    section = text[text.index("### The next lease"):]
-    section = section[:section.index("\n## ")]
-    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)"\s*\\?\s*bash tools/gpu_lease\.sh', section)
+    section = text[text.index("### The lease after it"):]
+    return section[:section.index("\n#")]
+
+
+def documented_twin_args() -> str:
+    """The TRAIN_ARGS of the twin's command."""
+    (found,) = re.findall(r'TRAIN_ARGS="([^"]*)"\s*\\?\s*bash tools/gpu_lease\.sh', twin_section())
     return found
 
 
@@ -95,3 +99,11 @@ def test_the_graphs_check_runs_work_in_another_thread_and_reports_its_failure():
             time.sleep(0.02)
     with device_check._meanwhile(None, torch.device("cpu")):
         pass
+
+
+def test_the_twin_repeats_lease_3s_seed():
+    # lease 3 ran the recipe's seed; tools/gpu_lease.sh gives other leases their own unless SEED is set
+    (seed,) = re.findall(r"SEED=(\d+) MAX_STEPS=", twin_section())
+    assert int(seed) == RECIPE["seed"]
+    script = (ROOT / "tools" / "gpu_lease.sh").read_text()
+    assert 'SEED=${SEED:-$(( $(date +%s) % 1000000 ))}' in script and 'EXTRA+=(--seed "$SEED")' in script

@@ -24,7 +24,11 @@
 # TRAIN_ARGS adds `textrec train` options to both runs, e.g. vanilla gates over the refined recipe:
 #   TRAIN_ARGS="--refine none --refine-gates all --refine-init default --refine-bound none"
 # MAX_STEPS=N skips the probe and trains one run of exactly N steps' schedule (a twin of an earlier run,
-# with its INIT_FROM and seed); it stops early, state saved, if the lease's time runs out first.
+# with its INIT_FROM and SEED); it stops early, state saved, if the lease's time runs out first.
+# SEED: the run's seed. Synthetic samples, their scene parameters and the real data's order are functions of
+# (seed, step), and every lease starts again at step 0: with the recipe's one seed each lease would train on
+# the previous lease's images again, in the same order. So each lease draws its own seed (logged) unless
+# SEED is given (a twin gives its original's: lease 3 ran the recipe's seed, 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -34,6 +38,7 @@ PROBE_SECONDS=${PROBE_SECONDS:-45}
 RECIPE=${RECIPE:-checkpoints/model2.toml}
 INIT_FROM=${INIT_FROM:-checkpoints/default.safetensors}
 RUN=${RUN:-runs/lease}
+SEED=${SEED:-$(( $(date +%s) % 1000000 ))}
 OUT=${OUT:-runs/lease_out}
 mkdir -p "$OUT"
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -77,7 +82,8 @@ if [ "${RNN_SPEED:-1}" = 1 ]; then  # issue 12's GPU target, about 15 s (RNN_SPE
 fi
 
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
-[ "${#EXTRA[@]}" -gt 0 ] && log "train options: ${EXTRA[*]}"
+EXTRA+=(--seed "$SEED")
+log "train options: ${EXTRA[*]}"
 if [ -n "${MAX_STEPS:-}" ]; then  # a fixed schedule (a twin of an earlier run): no probe, no fitting
     log "fixed schedule: max_steps $MAX_STEPS from $INIT_FROM with $RECIPE"
 else
