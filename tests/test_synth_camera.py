@@ -360,3 +360,25 @@ def test_parameters_must_have_one_value_per_sample():
         gaussian_blur(images, torch.ones(3))
     with pytest.raises(ValueError):
         levels(images[0], torch.ones(4), torch.ones(4))
+
+
+def test_effects_on_a_subset_copy_the_batch_or_write_into_it_as_asked():
+    # The scene chains effects on batches it owns in place (on_subset_, in_place=True); everything else
+    # (and every public camera function by default) leaves its input as it came.
+    from textrec.synth.scene import on_subset, on_subset_
+
+    images = torch.arange(4 * 1 * 2 * 3, dtype=torch.float32).view(4, 1, 2, 3)
+    active = torch.tensor([True, False, True, False])
+    double = lambda x, k: x * k[:, None, None, None]  # noqa: E731
+    k = torch.tensor([2.0, 3.0, 4.0, 5.0])
+    before = images.clone()
+    copied = on_subset(active, double, images, k)
+    assert torch.equal(images, before) and copied is not images
+    assert torch.equal(copied[0], before[0] * 2) and torch.equal(copied[1], before[1]) and torch.equal(copied[2], before[2] * 4)
+    written = on_subset_(active, double, images, k)
+    assert written is images and torch.equal(written, copied)
+    sigma = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    kept = images.clone()
+    blurred = camera.gaussian_blur(images, sigma)
+    assert torch.equal(images, kept) and not torch.equal(blurred[1], kept[1]) and torch.equal(blurred[0], kept[0])
+    assert camera.gaussian_blur(images, sigma, in_place=True) is images and torch.equal(images, blurred)
