@@ -13,6 +13,7 @@ from textrec.charset import DEFAULT_CHARSET, Charset
 from textrec.data.lmdb_store import check_staging_folder
 from textrec.data.samples import write_samples
 from textrec.files import check_output_file, check_output_parent
+from textrec.memory import keep_freed_memory
 from textrec.synth.glyphs import GlyphSource
 from textrec.synth.writer import IMAGE_FORMATS, Renderer, make_preview, write_synth_lmdb
 
@@ -72,6 +73,7 @@ def synth(
         dropped = f", {word_list.dropped:,} not writable with the charset" if word_list.dropped else ""
         console.print(f"words: {len(word_list.words):,} from {word_list.source}{dropped}")
 
+    keep_freed_memory()  # textrec/memory.py: for the scene when this process renders (--workers 1)
     with Progress(
         TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
     ) as progress:

@@ -382,3 +382,14 @@ def test_effects_on_a_subset_copy_the_batch_or_write_into_it_as_asked():
     blurred = camera.gaussian_blur(images, sigma)
     assert torch.equal(images, kept) and not torch.equal(blurred[1], kept[1]) and torch.equal(blurred[0], kept[0])
     assert camera.gaussian_blur(images, sigma, in_place=True) is images and torch.equal(images, blurred)
+
+
+def test_freed_memory_is_kept_where_the_c_library_is_glibc():
+    # textrec/memory.py: a subprocess, so that the test process keeps its own allocator settings
+    import platform
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from textrec.memory import keep_freed_memory; print(keep_freed_memory())"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(platform.libc_ver()[0] == "glibc")

@@ -8,7 +8,6 @@ the number of worker processes. Each worker runs both stages for its chunks on o
 
 from __future__ import annotations
 
-import ctypes
 import io
 import math
 import shutil
@@ -26,6 +25,7 @@ from PIL import Image, ImageDraw
 from ..charset import Charset
 from ..data.lmdb_store import LmdbWriter
 from ..errors import DataError
+from ..memory import keep_freed_memory
 from .glyphs import GlyphSource
 from .pipeline import Finisher, RawSample, collate_raw, fit_width
 
@@ -101,24 +101,8 @@ _worker_renderer: Renderer | None = None
 def _init_worker(renderer: Renderer) -> None:
     global _worker_renderer
     torch.set_num_threads(1)  # one process per core: the batched ops run on the worker's own core
-    _keep_freed_memory()
+    keep_freed_memory()  # a worker process of ours: the scene's batch-sized tensors come and go
     _worker_renderer = renderer
-
-
-def _keep_freed_memory() -> None:
-    """In a worker process (ours alone): let glibc keep freed memory instead of handing it back to the system.
-
-    The scene allocates and frees batch-sized tensors (a few MB each) dozens of times per batch; by default
-    glibc returns the top of its heap to the system once more than twice the largest such block is free, and
-    every next allocation then faults its pages in again. Measured on the 2-core CPU: the scene 5-10 % faster.
-    Nothing happens where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MB (glibc's maximum) come from the heap
-    mallopt(m_trim_threshold, 256 << 20)  # and up to 256 MB of freed heap stay with the process
 
 
 def encode_crops(crops: list[torch.Tensor], image_format: str) -> list[bytes]:
