@@ -258,9 +258,10 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """AdamW groups: weights (decayed), biases and norms (not decayed), and the refined gates' short-connection
     projections (decayed, at lr × refine_lr_scale; a group of their own only in refined models)."""
     short = [w for module in model.modules() if isinstance(module, GatedRNN) for w in module.short_connection_weights()]
+    short_ids = {id(w) for w in short}  # by identity: tensors compare element-wise
     decay, no_decay = [], []
     for parameter in model.parameters():
-        if not any(parameter is w for w in short):
+        if id(parameter) not in short_ids:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
