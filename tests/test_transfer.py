@@ -9,7 +9,7 @@ from textrec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textrec.data.images import Preprocess
 from textrec.errors import CheckpointError
 from textrec.model import CRNN, CRNNConfig
-from textrec.train import TrainConfig, train
+from textrec.train import TrainCallbacks, TrainConfig, train
 from textrec.transfer import transfer_weights
 
 TINY = dict(channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16)
@@ -70,8 +70,39 @@ def test_run_started_from_a_checkpoint_records_its_lineage(tmp_path):
     assert new.info["samples_seen"] == 100 * 8 + 4 * 4
     assert new.info["lineage"][-1]["samples_seen"] == 800
     assert new.info["lineage"][-1]["charset"] == old.charset.chars
+    assert "seed" not in new.info["lineage"][-1]  # the old checkpoint records no training config
     # Resuming keeps the lineage and does not start from the checkpoint again.
     config.max_steps = 6
     train(config)
     resumed = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert resumed.info["samples_seen"] == 800 + 6 * 4 and resumed.info["lineage"] == new.info["lineage"]
+
+
+def test_a_continuation_with_a_seed_of_its_lineage_is_told_it_draws_the_same_samples(tmp_path):
+    # Every GPU lease trained with the recipe's seed from step 0, and so drew the previous lease's samples again.
+    words = ["cat", "Door", "42", "Gate"]
+    data = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in words])
+    events = []
+
+    class Heard(TrainCallbacks):
+        def on_event(self, message: str) -> None:
+            events.append(message)
+
+    def run(name, seed, init_from=None):
+        config = TrainConfig(
+            train_data=[str(data)], val_data=[str(data)], output=str(tmp_path / name), max_steps=2, val_interval=2, batch_size=4, warmup_steps=1,
+            augment=False, save_interval=2, workers=0, charset="36", width=64, seed=seed, init_from=init_from, **TINY,
+        )
+        train(config, Heard())
+        return str(tmp_path / name / "last.safetensors")
+
+    first = run("first", seed=3)
+    second = run("second", seed=3, init_from=first)
+    assert load_checkpoint(second).info["lineage"][-1]["seed"] == 3
+    assert any("seed 3 too, so this run draws its samples again" in e for e in events)
+    events.clear()
+    run("third", seed=4, init_from=second)
+    assert not any("draws its samples again" in e for e in events)
+    events.clear()
+    run("fourth", seed=3, init_from=run("other", seed=5, init_from=second))  # seed 3 is further back: still said
+    assert any("seed 3 too" in e for e in events)

@@ -50,7 +50,7 @@ from .nn import GatedRNN, GraphedTraining, for_training, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.ahead import FinishAhead
 from .synth.pipeline import Finisher
-from .transfer import transfer_weights
+from .transfer import seeds_behind, transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
 ARCHITECTURE_KEYS = (
@@ -460,7 +460,13 @@ class _Run:
             parts.append(f"{len(report.dropped)} dropped: {report.dropped!r}")
         if report.fresh:
             parts.append(f"refined gates start as vanilla ({len(report.fresh)} projections start at zero)")
-        return f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
+        line = f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
+        if self.config.seed in seeds_behind(report.lineage):
+            line += (
+                f"; note: a run behind it trained with seed {self.config.seed} too, so this run draws its samples again"
+                " in the same order (pass another --seed to draw new ones)"
+            )
+        return line
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines written after the state we resume from, so the log has no duplicate steps."""

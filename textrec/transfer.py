@@ -101,16 +101,26 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
         model.head.bias.copy_(new_bias)
     report.samples_seen = samples_behind(checkpoint)
     previous = list(checkpoint.info.get("lineage", []))
-    previous.append(
-        {
-            "checkpoint": checkpoint.source,
-            "step": checkpoint.info.get("step"),
-            "samples_seen": report.samples_seen,
-            "charset": old_chars,
-        }
-    )
+    entry = {
+        "checkpoint": checkpoint.source,
+        "step": checkpoint.info.get("step"),
+        "samples_seen": report.samples_seen,
+        "charset": old_chars,
+    }
+    seed = checkpoint.info.get("train_config", {}).get("seed")
+    if seed is not None:  # the samples a run draws are a function of its seed (and step): see `seeds_behind`
+        entry["seed"] = int(seed)
+    previous.append(entry)
     report.lineage = previous
     return report
+
+
+def seeds_behind(lineage: list[dict]) -> set[int]:
+    """The seeds of the runs recorded in a lineage (runs before this record kept them in no entry).
+
+    A run that starts from step 0 with one of them draws what that run drew: the same synthetic texts, fonts
+    and scene parameters, and the real data in the same order (textrec.data.training)."""
+    return {int(entry["seed"]) for entry in lineage if entry.get("seed") is not None}
 
 
 def refines_vanilla(old: dict, new: dict) -> bool:
