@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="checkout of the renderer to compare with")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating pairs of runs (this machine varies by +-5 %% between runs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.baseline / "cli" / "main.py").is_file():
