@@ -206,6 +206,30 @@ def test_glyph_atlas_draws_what_freetype_draws_for_the_whole_string(face_index):
             assert difference < 4, (face.name, text, size, difference)
 
 
+def test_ligature_pairs_are_spaced_as_separate_letters():
+    # The atlas draws "fi" as f and i: their spacing is that of the string shaped without ligatures (it was the
+    # ligature's width before, which pushed the i into the f).
+    from PIL import ImageFont
+
+    from textrec.synth.glyphs import UNSHAPED
+
+    path = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif-Bold.ttf")
+    if not path.is_file():
+        pytest.skip("DejaVu Serif Bold is not installed here")
+    face = fonts_module.FontFace(str(path))
+    font = load_font(face, 43)
+    if font.layout_engine != ImageFont.Layout.RAQM:
+        pytest.skip("Pillow without libraqm shapes no ligatures")
+    for text in ("Confidentially", "staffordshire", "flea"):
+        core, _ = font.getmask2(text, mode="L", features=list(UNSHAPED))
+        reference = np.asarray(Image.Image()._new(core))
+        rows, columns = np.nonzero(reference)
+        reference = reference[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        got = rasterise(text, glyph_atlas(face, 43))[2:-2, 2:-2]
+        assert got.shape == reference.shape, text
+        assert np.abs(got.astype(int) - reference).mean() < 4, text
+
+
 def test_letter_spacing_moves_every_glyph_by_the_same_step():
     face = GlyphSource(seed=0, charset=Charset.from_spec("36")).faces[0]
     atlas = glyph_atlas(face, 32)
