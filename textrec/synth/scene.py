@@ -105,7 +105,7 @@ def _sample(pixels: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """Bilinear samples of pixels (B, 1, H, W) at pixel coordinates x, y (B, h, w); zeros outside."""
     height, width = pixels.shape[-2:]
     # Normalised before broadcasting: for a row of columns and a column of rows that is a few hundred values each.
-    grid = torch.stack(torch.broadcast_tensors(2 * x / width - 1, 2 * y / height - 1), -1)
+    grid = torch.stack(torch.broadcast_tensors(_to_grid_(x.clone(), width), _to_grid_(y.clone(), height)), -1)
     return _sample_grid(pixels, grid)
 
 
@@ -114,7 +114,7 @@ def _sample_grid(pixels: Tensor, grid: Tensor) -> Tensor:
 
 
 def _to_grid_(coordinate: Tensor, size: int) -> Tensor:
-    """Pixel coordinates to grid_sample's -1..1 over `size` pixels, in place (the same operations as `_sample`'s)."""
+    """Pixel coordinates to grid_sample's -1..1 over `size` pixels, in place."""
     return coordinate.mul_(2).div_(size).sub_(1)
 
 
