@@ -5,6 +5,7 @@ tools/device_check.py (it compares finished-ahead images with those of the train
 """
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -69,6 +70,27 @@ def test_leaving_early_stops_the_thread_and_reads_only_a_few_batches_ahead():
     assert len(pulled) <= 4 + 2 + 2  # what was used, what the queue holds, the one being finished
     with pytest.raises(ValueError, match="ahead"):
         FinishAhead([], finish, 0, "cpu", ahead=-1)
+
+
+def test_paused_holds_the_thread_between_two_batches():
+    # the training thread holds it while it captures CUDA graphs (textrec/nn/graphs.py)
+    started = []
+
+    def slow(raw, step):
+        started.append(step)
+        time.sleep(0.005)
+        return torch.tensor([raw, step])
+
+    ahead = FinishAhead(batches(200), slow, 0, "cpu", ahead=200)  # a queue that never makes the thread wait
+    steps = iter(ahead)
+    next(steps)
+    with ahead.paused():
+        held = len(started)
+        time.sleep(0.05)
+        assert len(started) == held
+    time.sleep(0.05)
+    assert len(started) > held
+    ahead.close()
 
 
 def test_training_finishing_ahead_trains_on_the_same_images(tmp_path):

@@ -87,9 +87,13 @@ def test_the_graphs_check_runs_work_in_another_thread_and_reports_its_failure():
     # tools/device_check.py checks CUDA graphs while batches are finished in another thread, as --finish-ahead
     # does in training; here the thread's bookkeeping on the CPU (the capture itself needs a GPU).
     seen = []
-    with device_check._meanwhile(lambda k: (seen.append(k), time.sleep(0.001)), torch.device("cpu")):
+    with device_check._meanwhile(lambda k: (seen.append(k), time.sleep(0.001)), torch.device("cpu")) as paused:
         time.sleep(0.05)
-    assert seen[:3] == [0, 1, 2]
+        with paused():  # held while the graphs are captured, as training holds FinishAhead
+            held = len(seen)
+            time.sleep(0.02)
+            assert len(seen) == held
+    assert seen[:3] == [0, 1, 2] and len(seen) > held
 
     def broken(k):
         raise ValueError("operation not permitted when stream is capturing")

@@ -657,6 +657,8 @@ class _Run:
         self.model.train()
         # Batch k is finished with the random parameters of step start + k, here or ahead in a thread.
         finished = FinishAhead(loader, self.finisher.model_input, self.step, self.finisher.device, config.finish_ahead)
+        if graphs is not None:  # the thread that finishes batches ahead waits while the graphs are captured
+            graphs.quiet = finished.paused
         try:
             for batch, images in finished:
                 for error in batch.errors:

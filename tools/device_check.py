@@ -138,7 +138,8 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: C
     graphed = CRNN(config).to(images.device).train()
     graphed.load_state_dict(plain.state_dict())
     graphs = GraphedTraining(graphed.sequence)
-    with tensor_core_matmuls(images.device), _meanwhile(finish_meanwhile, images.device):
+    with tensor_core_matmuls(images.device), _meanwhile(finish_meanwhile, images.device) as paused:
+        graphs.quiet = paused  # as training holds its FinishAhead thread while the graphs are captured
         for _ in range(steps):
             results = []
             for model in (plain, graphed):
@@ -171,18 +172,25 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: C
 
 @contextlib.contextmanager
 def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
-    """Run work(0), work(1), ... in a thread on a side CUDA stream until the block ends; its first error is raised then."""
+    """Run work(0), work(1), ... in a thread on a side CUDA stream until the block ends; its first error is raised
+    then. Yields `paused`, a context manager that holds the thread between two calls (`FinishAhead.paused`)."""
     if work is None:
-        yield
+        yield contextlib.nullcontext
         return
-    stop, errors, done = threading.Event(), [], []
+    stop, errors, done, working = threading.Event(), [], [], threading.Lock()
+
+    @contextlib.contextmanager
+    def paused():
+        with working:
+            yield
 
     def loop() -> None:
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         try:
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 while not stop.is_set():
-                    work(len(done))
+                    with working:
+                        work(len(done))
                     done.append(None)
             if stream is not None:
                 stream.synchronize()
@@ -192,7 +200,7 @@ def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
     thread = threading.Thread(target=loop, name="device-check-finish-ahead", daemon=True)
     thread.start()
     try:
-        yield
+        yield paused
     finally:
         stop.set()
         thread.join(timeout=60)

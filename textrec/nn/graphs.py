@@ -14,11 +14,18 @@ an initial state, another shape (a batch short of unreadable samples), recorded 
 kernel (vanilla layers on a GPU use cuDNN, one launch per layer already), a CPU tensor. A capture
 that fails turns the graphs off for the run, leaves the reason in ``failure`` and passes it to
 ``on_failure``. `for_training` installs them where they can help; ``TEXTREC_CUDA_GRAPHS=0`` turns that off.
+
+While a graph is captured no other thread may make CUDA calls that the capture forbids (allocating, copying
+to the host, synchronising): ``quiet``, a context manager factory, keeps them quiet for the capture; training
+sets it to its `FinishAhead.paused`, which holds the thread that finishes batches on a side stream. (torch
+2.14 could capture in "thread_local" mode instead, but torch 2.11, the GPU machine's, has no such argument to
+``make_graphed_callables``: lease 4's capture failed on it.)
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
@@ -62,6 +69,7 @@ class GraphedTraining:
         self.graphed: Callable | None = None
         self.failure: str | None = None
         self.replays = 0
+        self.quiet: Callable[[], AbstractContextManager] = nullcontext  # other threads' CUDA work held during a capture
         rnn.forward = self.forward
 
     def remove(self) -> None:
@@ -100,11 +108,8 @@ class GraphedTraining:
         # Under autocast the layer casts its input to float32 and runs without autocast inside; the
         # graph captures that cast. The autocast cache must be off while capturing (torch's rule).
         autocast = torch.is_autocast_enabled(self.device_type)
-        # "thread_local": while this thread captures, other threads may go on with their own CUDA work (allocate,
-        # copy to the host, synchronise their streams), as `textrec.synth.ahead.FinishAhead` does on its side
-        # stream; the default ("global") would make those calls fail, or spoil the capture.
-        with torch.autocast(self.device_type, enabled=autocast, cache_enabled=False):
-            return self.make_graphed(plain, (sample,), allow_unused_input=True, capture_error_mode="thread_local")
+        with self.quiet(), torch.autocast(self.device_type, enabled=autocast, cache_enabled=False):
+            return self.make_graphed(plain, (sample,), allow_unused_input=True)
 
 
 def for_training(module, device: torch.device | str, on_failure: Callable[[str], None] | None = None) -> GraphedTraining | None:

@@ -9,6 +9,8 @@ sequential loop finishes it (every batch, readable or not, advances the step by 
 depend on `ahead`.
 
 ``ahead=0`` finishes each batch in the caller's thread when it is asked for: the sequential loop itself.
+`paused()` holds the background thread between two batches, for work that other threads' CUDA calls would
+spoil: capturing a CUDA graph (textrec/nn/graphs.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -50,6 +52,7 @@ class FinishAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._finishing = threading.Lock()  # held by the background thread while it finishes a batch
 
     def __iter__(self) -> Iterator[tuple[object, torch.Tensor | None]]:
         if self.ahead == 0:
@@ -75,6 +78,12 @@ class FinishAhead:
                 yield batch, images
         finally:
             self.close()
+
+    @contextmanager
+    def paused(self):
+        """No batch is finished in the background while the block runs (it waits for the one in hand)."""
+        with self._finishing:
+            yield
 
     def close(self, wait: float = 30.0) -> None:
         """Stop the background thread (batches it finished are dropped); safe to call more than once. It stops
@@ -103,7 +112,7 @@ class FinishAhead:
                 if self._stop.is_set():
                     return
                 event = None
-                with torch.cuda.stream(stream) if cuda else nullcontext():
+                with self._finishing, torch.cuda.stream(stream) if cuda else nullcontext():
                     images = self._finished(batch, k)
                     if cuda and images is not None:
                         event = torch.cuda.Event()
