@@ -15,6 +15,7 @@ spoil: capturing a CUDA graph (textrec/nn/graphs.py).
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -108,18 +109,25 @@ class FinishAhead:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         try:
-            for k, batch in enumerate(batches):
+            for k in itertools.count():
                 if self._stop.is_set():
                     return
-                event = None
+                # Everything that may touch CUDA is done holding the lock: taking the batch (the last batch's
+                # pinned memory is let go here), finishing it, recording its event (see `paused`).
                 with self._finishing, torch.cuda.stream(stream) if cuda else nullcontext():
-                    images = self._finished(batch, k)
-                    if cuda and images is not None:
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                if not self._put((batch, images, event)):
+                    item = batch = images = event = None
+                    batch = next(batches, _END)
+                    if batch is not _END:
+                        images = self._finished(batch, k)
+                        if cuda and images is not None:
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                        item = (batch, images, event)
+                if batch is _END:
+                    self._put(_END)
                     return
-            self._put(_END)
+                if not self._put(item):
+                    return
         except BaseException as error:  # noqa: BLE001  (re-raised in the training thread)
             self._put(_Failure(error))
 
