@@ -33,7 +33,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
 LEASE_SECONDS=${LEASE_SECONDS:-570}
-RESERVE=${RESERVE:-60}
+RESERVE=${RESERVE:-45}  # lease 4's validation and export after training took 22 s
 PROBE_SECONDS=${PROBE_SECONDS:-45}
 RECIPE=${RECIPE:-checkpoints/model2.toml}
 INIT_FROM=${INIT_FROM:-checkpoints/default.safetensors}
