@@ -9,11 +9,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from textrec.data import benchmarks as registry
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.decoder import METHODS, PER_SAMPLE
 from textrec.error_report import ErrorReport, check_errors_folder
-from textrec.errors import BenchmarkNotFoundError
 from textrec.evaluate import BenchmarkResult, check_dataset, combine, evaluate_dataset, is_results_file, save_results
 from textrec.files import check_output_file
 from textrec.metrics import PROTOCOLS
@@ -22,37 +20,7 @@ from textrec.predict import Recognizer
 from .common import console, err_console, fail, user_errors, warn
 from .decoding import check_decoder_options, use_decoder
 from .defaults import CHECKPOINT_ENV, DEFAULT_DATA_ROOT, resolve_checkpoint
-
-
-def _all_targets(data_root: Path) -> list[tuple[str, Path]]:
-    found, missing = registry.survey(data_root)
-    if not found:
-        places = ", ".join(str(p.parent) for p in registry.candidate_paths("NAME", data_root))
-        fail(f"no standard benchmark LMDBs under {data_root} (looked for {', '.join(registry.BENCHMARKS)} in {places})")
-    names = ", ".join(name for name, _ in found)
-    absent = f"; missing: {', '.join(missing)}" if missing else ""
-    err_console.print(f"found {len(found)} of {len(registry.BENCHMARKS)} standard sets under {data_root}: {names}{absent}", soft_wrap=True, markup=False)
-    return found
-
-
-def _targets(benchmark: list[str], data: list[Path], data_root: Path) -> list[tuple[str, Path]]:
-    targets: list[tuple[str, Path]] = []
-    for name in benchmark:
-        if name.lower() == "all":
-            targets.extend(_all_targets(data_root))
-            continue
-        canonical = registry.canonical_name(name)
-        if canonical != name:
-            err_console.print(f"{name} means {canonical} ({registry.BENCHMARKS[canonical].description})")
-        try:
-            targets.append((canonical, registry.locate(canonical, data_root)))
-        except BenchmarkNotFoundError as exc:
-            fail(
-                f"{exc}. Make it with `textrec create-lmdb GT_FILE {registry.candidate_paths(canonical, data_root)[0]}`"
-                f" or point --data-root at a folder holding deep-text-recognition-benchmark's evaluation LMDBs"
-            )
-    targets.extend((path.name, path) for path in data)
-    return targets
+from .targets import benchmark_targets
 
 
 def _table(results: list[BenchmarkResult], average: BenchmarkResult | None, title: str) -> Table:
@@ -115,7 +83,7 @@ def evaluate(
         check_output_file(json_out, overwrite, ours=is_results_file)
     if errors is not None:
         check_errors_folder(errors, overwrite)
-    targets = _targets(benchmark, data, data_root)
+    targets = benchmark_targets(benchmark, data, data_root)
     recognizer = Recognizer.from_checkpoint(resolve_checkpoint(checkpoint), device=device, orientation=False)
     datasets = [(name, LmdbDataset(path)) for name, path in targets]  # every dataset checked before the first is run
     use_decoder(recognizer, decoder, beam_width, lexicon, case_insensitive=protocol == "36")

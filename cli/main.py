@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "create-lmdb": ("data_cmds", "create_lmdb", "Build an LMDB in the deep-text-recognition-benchmark layout, checking every image."),
     "train": ("train_cmd", "train", "Train a CRNN with CTC; run the same command again to resume an interrupted run."),
     "eval": ("eval_cmd", "evaluate", "Word accuracy and 1-NED of a checkpoint on benchmarks (case-insensitive, 36 characters by default)."),
+    "compare": ("compare_cmd", "compare", "Two checkpoints on the same samples: accuracy and 1-NED differences with paired intervals and McNemar's test."),
     "predict": ("predict_cmd", "predict", "Print `image<TAB>text<TAB>confidence` per image; unreadable images are reported on stderr and the exit code is 1."),
     "calibrate": ("calibrate_cmd", "calibrate", "Fit a checkpoint's confidence on a validation LMDB, so that a confidence c means a read is right with probability about c."),
     "export": ("export_cmd", "export", "Write a checkpoint as float16 safetensors (e.g. to ship it) or as an ONNX graph."),

@@ -15,9 +15,9 @@ from .checkpoint import atomic_write
 from .data.lmdb_store import LmdbDataset
 from .decoder import Decoder
 from .errors import DataError
-from .files import Unreadable, read_regular
+from .files import holds_json_records
 from .lexicon import Lexicon
-from .metrics import Score, expected_calibration_error, normalize_for_eval
+from .metrics import SampleScore, Score, expected_calibration_error, normalize_for_eval, normalized_edit_similarity
 from .predict import Recognizer
 
 
@@ -84,10 +84,11 @@ def evaluate_dataset(
     max_samples: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_misread: Callable[[Misread], None] | None = None,
+    on_scored: Callable[[SampleScore], None] | None = None,
 ) -> BenchmarkResult:
     """Score every sample of an LMDB, read by the recognizer's decoder (per-sample lexicons from the LMDB when it
     asks for them). Unreadable samples stay in the denominator and are listed; `on_misread` gets every sample
-    read wrong or not read."""
+    read wrong or not read, `on_scored` every sample scored (in record order; for paired comparisons)."""
     decoder = recognizer.decoder
     check_dataset(dataset, decoder)
     total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
@@ -104,6 +105,8 @@ def evaluate_dataset(
     def fail(index: int, label: str | None, message: str, image: Image.Image | None = None) -> None:
         failed.append(message)
         score.add_failure()
+        if on_scored:
+            on_scored(SampleScore(index + 1, False, 0.0))
         if on_misread:
             on_misread(Misread(name, str(dataset.path), index + 1, label, image=image, error=message))
 
@@ -123,7 +126,10 @@ def evaluate_dataset(
             if not math.isfinite(result.confidence):  # broken weights: no reading, counted wrong and listed
                 fail(index, raw_label, f"{dataset.where(index)}: the model's output is not finite (NaN or infinity)", image)
                 continue
-            right = score.add(normalize_for_eval(result.text, protocol), label)
+            read = normalize_for_eval(result.text, protocol)
+            right = score.add(read, label)
+            if on_scored:
+                on_scored(SampleScore(index + 1, right, normalized_edit_similarity(read, label)))
             confidence = recognizer.confidence(result)
             if math.isfinite(confidence):
                 reads.append((min(max(confidence, 0.0), 1.0), right))
@@ -215,11 +221,7 @@ _RESULT_KEYS = {"name", "samples", "accuracy", "ned"}
 
 def is_results_file(path: str | Path) -> bool:
     """Whether `path` holds results as `save_results` writes them: eval may replace its own output."""
-    try:
-        data = json.loads(read_regular(path, 64 << 20))
-    except (Unreadable, ValueError):
-        return False
-    return isinstance(data, list) and all(isinstance(r, dict) and _RESULT_KEYS <= r.keys() for r in data)
+    return holds_json_records(path, _RESULT_KEYS)
 
 
 def save_results(path: str | Path, results: list[BenchmarkResult]) -> None:

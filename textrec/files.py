@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import errno
 import fcntl
+import json
 import os
 import stat
 from pathlib import Path
@@ -315,3 +316,13 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holds_json_records(path: str | Path, keys: set[str]) -> bool:
+    """Whether `path` holds a JSON list of objects that each have `keys`: how a command recognises its own
+    output file, which it may replace."""
+    try:
+        data = json.loads(read_regular(path, 64 << 20))
+    except (Unreadable, ValueError):
+        return False
+    return isinstance(data, list) and all(isinstance(r, dict) and keys <= r.keys() for r in data)

@@ -70,6 +70,15 @@ class Score:
 
 
 @dataclass(frozen=True)
+class SampleScore:
+    """One scored sample: its 1-based record, whether the read was right, its 1 - NED (0 for an unreadable sample)."""
+
+    record: int
+    right: bool
+    similarity: float
+
+
+@dataclass(frozen=True)
 class ReliabilityBin:
     """One confidence bin: [low, high), how many reads fell in it, their mean confidence and the share right."""
 
