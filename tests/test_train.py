@@ -6,6 +6,7 @@ hold on every kernel path; none asserts the exact outcome of a run.
 """
 
 import json
+import time
 import re
 from pathlib import Path
 from statistics import mean
@@ -97,6 +98,7 @@ def test_overfits_a_handful_of_words(word_set, tmp_path):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("val_accuracy" in r for r in records) and any("loss" in r for r in records)
+    assert all(0.0 <= r["data_wait"] <= 1.0 for r in records if "loss" in r)  # the share of time spent waiting for batches
     # The checkpoint carries everything needed to use it: no architecture flags.
     checkpoint = load_checkpoint(run / "best.safetensors")
     assert checkpoint.model_config.refine == "mul" and checkpoint.charset.chars.startswith("0123")
@@ -179,3 +181,19 @@ def test_synth_fonts_reach_the_renderer(tmp_path):
     with pytest.raises(DataError, match="no-such-fonts: font folder or file does not exist"):
         train(tiny_config(tmp_path, tmp_path / "run", train_data=["synth"], val_data=[], max_steps=1,
                           synth_fonts=[str(tmp_path / "no-such-fonts")]))
+
+
+def test_the_loop_counts_the_time_it_waits_for_batches():
+    from textrec.train import _Waits
+
+    def slow():
+        for k in range(3):
+            time.sleep(0.02)
+            yield k
+
+    waits = _Waits(slow())
+    taken = []
+    for k in waits:
+        taken.append(k)
+        time.sleep(0.03)  # the step: not counted
+    assert taken == [0, 1, 2] and 0.06 <= waits.seconds < 0.09 + 0.05

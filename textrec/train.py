@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -653,14 +654,15 @@ class _Run:
             close_all()  # the workers open their own LMDB environments
         interrupted = False
         bad_in_a_row = 0
-        started, images_seen = time.perf_counter(), 0
+        started, images_seen, waited = time.perf_counter(), 0, 0.0
         self.model.train()
         # Batch k is finished with the random parameters of step start + k, here or ahead in a thread.
         finished = FinishAhead(loader, self.finisher.model_input, self.step, self.finisher.device, config.finish_ahead)
+        waits = _Waits(finished)
         if graphs is not None:  # the thread that finishes batches ahead waits while the graphs are captured
             graphs.quiet = finished.paused
         try:
-            for batch, images in finished:
+            for batch, images in waits:
                 for error in batch.errors:
                     self.callbacks.on_event(f"skipped sample: {error}")
                 with _interrupts_held():  # Ctrl-C never splits a weight update from its step count
@@ -694,9 +696,11 @@ class _Run:
                     elapsed = time.perf_counter() - started
                     speed = images_seen / elapsed if elapsed > 0 else 0.0
                     lr = self.optimizer.param_groups[0]["lr"]
-                    self.log({"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed})
+                    # the share of the interval spent waiting for batches: near 0, the steps set the pace; near 1, the data
+                    data_wait = (waits.seconds - waited) / elapsed if elapsed > 0 else 0.0
+                    self.log({"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed, "data_wait": round(data_wait, 4)})
                     self.callbacks.on_step(self.step, loss, lr, speed)
-                    started, images_seen = time.perf_counter(), 0
+                    started, images_seen, waited = time.perf_counter(), 0, waits.seconds
                 if self.step % config.val_interval == 0 or self.step == config.max_steps:
                     self.validate()
                     self.model.train()
@@ -768,6 +772,27 @@ class _Run:
         self.scheduler.step()
         outcome.loss = total / self.world.size
         return outcome
+
+
+class _Waits:
+    """Iterates over `batches`, adding up in `seconds` the time spent waiting for each (issue 10: whether the data
+    or the training step sets the pace)."""
+
+    def __init__(self, batches: Iterable):
+        self.batches = batches
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator:
+        batches = iter(self.batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield item
 
 
 @dataclass

@@ -127,9 +127,13 @@ done
 cp "$RUN/metrics.jsonl" "$OUT/"
 kill "$SAMPLER" 2>/dev/null
 python3 - "$OUT" <<'EOF' 2>&1 | tee -a "$OUT/lease.log"
-import json, sys
+import json, statistics, sys
 out = sys.argv[1]
 last36, last62 = (json.load(open(f"{out}/val_last_{p}.json"))[0] for p in ("36", "62"))
-print(json.dumps({"val_last_36": last36["accuracy"], "val_last_62": last62["accuracy"], "val_last_ned": last36["ned"]}))
+steps = [r for r in map(json.loads, open(f"{out}/metrics.jsonl")) if "images_per_second" in r]
+median = lambda key: round(statistics.median(r[key] for r in steps if key in r), 4) if any(key in r for r in steps) else None
+# data_wait: the share of the training loop's time spent waiting for batches (near 0: the steps set the pace)
+print(json.dumps({"val_last_36": last36["accuracy"], "val_last_62": last62["accuracy"], "val_last_ned": last36["ned"],
+                  "images_per_second_median": median("images_per_second"), "data_wait_median": median("data_wait")}))
 EOF
 log "done"
