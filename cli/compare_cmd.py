@@ -11,19 +11,22 @@ from rich.table import Table
 
 from textrec.compare import PairedComparison, compare_recognizers, is_comparisons_file, save_comparisons
 from textrec.data.lmdb_store import LmdbDataset
+from textrec.decoder import METHODS, PER_SAMPLE
+from textrec.evaluate import check_dataset
 from textrec.files import check_output_file
 from textrec.metrics import PROTOCOLS
 from textrec.predict import Recognizer
 
 from .common import console, err_console, fail, user_errors
+from .decoding import check_decoder_options, use_decoder
 from .defaults import DEFAULT_DATA_ROOT
 from .targets import benchmark_targets
 
 
-def _table(c: PairedComparison, protocol: str) -> Table:
+def _table(c: PairedComparison, protocol: str, decoder: str) -> Table:
     """One small table per dataset, so that it fits a terminal: the two figures, their difference and its interval."""
     table = Table(
-        title=f"{c.name}: {c.samples} samples, protocol {protocol}, greedy",
+        title=f"{c.name}: {c.samples} samples, protocol {protocol}, {decoder}",
         caption=f"right by A only: {c.only_a}, by B only: {c.only_b}; McNemar p = {c.p_value:.3f}",
     )
     table.add_column("", no_wrap=True)
@@ -44,6 +47,11 @@ def compare(
     data: List[Path] = typer.Option([], "--data", help="Any LMDB folder to read, e.g. a validation split."),
     data_root: Path = typer.Option(DEFAULT_DATA_ROOT, help="Folder holding benchmarks/<NAME>/ or evaluation/<NAME>/ LMDBs."),
     protocol: str = typer.Option("36", help="Comparison: 36 (case-insensitive over 0-9a-z), case (62 is the same), exact."),
+    decoder: str = typer.Option("greedy", help=f"CTC decoding, the same for both: {', '.join(METHODS)}."),
+    beam_width: int = typer.Option(10, help="Prefixes kept by --decoder beam."),
+    lexicon: Optional[str] = typer.Option(
+        None, help=f"Read only words of a lexicon: a FILE of words, or `{PER_SAMPLE}` (each sample's own, from the LMDB).",
+    ),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     rounds: int = typer.Option(10_000, min=100, help="Bootstrap resamples of the samples."),
@@ -54,13 +62,18 @@ def compare(
     """Two checkpoints on the same samples: accuracy and 1-NED differences with paired intervals and McNemar's test."""
     if protocol not in PROTOCOLS:
         fail(f"unknown protocol {protocol!r}; choose one of 36, case, exact (62 means case)")
+    check_decoder_options(decoder, beam_width)
     if not benchmark and not data:
         fail("name at least one --benchmark or --data")
     if json_out is not None:
         check_output_file(json_out, overwrite, ours=is_comparisons_file)
     targets = benchmark_targets(benchmark, data, data_root)
     recognizers = [Recognizer.from_checkpoint(path, device=device, orientation=False) for path in (checkpoint_a, checkpoint_b)]
-    datasets = [(name, LmdbDataset(path)) for name, path in targets]  # every dataset opened before the first is read
+    for recognizer in recognizers:
+        use_decoder(recognizer, decoder, beam_width, lexicon, case_insensitive=protocol == "36")
+    datasets = [(name, LmdbDataset(path)) for name, path in targets]  # every dataset checked before the first is read
+    for _, dataset in datasets:
+        check_dataset(dataset, recognizers[0].decoder)
     comparisons: list[PairedComparison] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         for name, dataset in datasets:
@@ -72,7 +85,7 @@ def compare(
             comparisons.append(comparison)
     console.print(f"A: {checkpoint_a}\nB: {checkpoint_b}", markup=False)
     for comparison in comparisons:
-        console.print(_table(comparison, protocol))
+        console.print(_table(comparison, protocol, recognizers[0].decoder.describe()))
     console.print("intervals: paired bootstrap over the samples; p: McNemar's exact test on the samples only one read right", markup=False)
     if json_out is not None:
         save_comparisons(json_out, comparisons, (str(checkpoint_a), str(checkpoint_b)))

@@ -106,6 +106,19 @@ def test_compare_command_agrees_with_eval_of_each_model(tmp_path):
     assert_one_clear_line(refused, "file exists")
 
 
+def test_compare_decodes_both_models_alike(tmp_path):
+    data = _words_lmdb(tmp_path / "words")
+    out = tmp_path / "beam.json"
+    result = invoke("compare", SHIPPED, SHIPPED, "--data", data, "--device", "cpu", "--decoder", "beam", "--rounds", 100, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "beam" in result.output
+    (row,) = json.loads(out.read_text())
+    assert (row["only_a"], row["only_b"]) == (0, 0)
+    # a per-sample lexicon the LMDB does not hold is refused before anything is read
+    result = invoke("compare", SHIPPED, SHIPPED, "--data", data, "--lexicon", "per-sample")
+    assert_one_clear_line(result, "no per-sample lexicons")
+
+
 def test_compare_names_what_is_missing(tmp_path):
     result = invoke("compare", SHIPPED, SHIPPED)
     assert result.exit_code == 1 and "--benchmark or --data" in result.output
