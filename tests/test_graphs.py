@@ -207,3 +207,39 @@ def test_what_the_graphs_capture_sends_one_gradient_to_each_leaf(refine):
     counts = _gradient_edges([out, h, c])
     assert counts[id(sample)] == 1
     assert {name: counts.get(id(p), 0) for name, p in module.named_parameters()} == {name: 1 for name, _ in module.named_parameters()}
+
+
+def test_training_holds_the_finish_ahead_thread_while_it_captures(monkeypatch, tmp_path):
+    # On a GPU, batches are finished in another thread (--finish-ahead) while the first step captures the graphs;
+    # torch 2.11 captures in "global" mode, where that thread's CUDA calls would spoil the capture. Here the
+    # training loop's wiring, on the CPU: the capture runs with the FinishAhead thread held.
+    import textrec.train as train_module
+    from imagegen import png_bytes, render_word, write_lmdb
+    from textrec.synth.ahead import FinishAhead
+    from textrec.train import TrainCallbacks, TrainConfig, train
+
+    held = []
+
+    def graphed_on_cpu(module, device, on_failure=None):
+        graphs = GraphedTraining(module, on_failure=on_failure, make_graphed=stand_in, device_type="cpu")
+        installed.append(graphs)
+        return graphs
+
+    class Checking(StandIn):
+        def __call__(self, callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
+            quiet = installed[0].quiet
+            held.append(isinstance(getattr(quiet, "__self__", None), FinishAhead) and quiet.__self__._finishing.locked())
+            return super().__call__(callables, sample_args, num_warmup_iters, allow_unused_input, pool)
+
+    installed, stand_in = [], Checking()
+    monkeypatch.setattr(train_module, "for_training", graphed_on_cpu)
+    words = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in ("cat", "door", "gate", "text")])
+    config = TrainConfig(
+        train_data=[str(words)], val_data=[], output=str(tmp_path / "run"), device="cpu", max_steps=3, batch_size=4,
+        refine="add", refine_gates=["i", "o"], channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16, workers=0,
+        finish_ahead=2, augment=False,
+    )
+    result = train(config, TrainCallbacks())
+    assert result.steps == 3
+    assert held == [True]  # one capture, with the thread held
+    assert stand_in.calls == 3 and installed[0].replays == 3  # every step ran the graphs (the first right after capturing)
