@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,12 +11,13 @@ from cli.main import app
 from cliutil import assert_one_clear_line
 from imagegen import png_bytes, render_word, write_lmdb
 from test_faults import tiny_checkpoint
-from textrec.compare import SampleScore, bootstrap_interval, compare_scores, mcnemar_exact
+from textrec.compare import bootstrap_interval, compare_scores, mcnemar_exact
 from textrec.data.lmdb_store import LmdbDataset
 from textrec.evaluate import evaluate_dataset
+from textrec.metrics import SampleScore
 from textrec.predict import Recognizer
 
-SHIPPED = "checkpoints/default.safetensors"
+SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "default.safetensors")
 runner = CliRunner(env={"COLUMNS": "250"})
 
 
