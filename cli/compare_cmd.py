@@ -14,13 +14,12 @@ from textrec.data.lmdb_store import LmdbDataset
 from textrec.decoder import METHODS, PER_SAMPLE
 from textrec.evaluate import check_dataset
 from textrec.files import check_output_file
-from textrec.metrics import PROTOCOLS
 from textrec.predict import Recognizer
 
-from .common import console, err_console, fail, user_errors
-from .decoding import check_decoder_options, use_decoder
+from .common import console, err_console, user_errors
+from .decoding import use_decoder
 from .defaults import DEFAULT_DATA_ROOT
-from .targets import benchmark_targets
+from .targets import benchmark_targets, check_reading_options
 
 
 def _table(c: PairedComparison, protocol: str, decoder: str) -> Table:
@@ -60,11 +59,7 @@ def compare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file that compare did not write."),
 ) -> None:
     """Two checkpoints on the same samples: accuracy and 1-NED differences with paired intervals and McNemar's test."""
-    if protocol not in PROTOCOLS:
-        fail(f"unknown protocol {protocol!r}; choose one of 36, case, exact (62 means case)")
-    check_decoder_options(decoder, beam_width)
-    if not benchmark and not data:
-        fail("name at least one --benchmark or --data")
+    check_reading_options(benchmark, data, protocol, decoder, beam_width)
     if json_out is not None:
         check_output_file(json_out, overwrite, ours=is_comparisons_file)
     targets = benchmark_targets(benchmark, data, data_root)

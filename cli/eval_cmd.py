@@ -14,13 +14,12 @@ from textrec.decoder import METHODS, PER_SAMPLE
 from textrec.error_report import ErrorReport, check_errors_folder
 from textrec.evaluate import BenchmarkResult, check_dataset, combine, evaluate_dataset, is_results_file, save_results
 from textrec.files import check_output_file
-from textrec.metrics import PROTOCOLS
 from textrec.predict import Recognizer
 
-from .common import console, err_console, fail, user_errors, warn
-from .decoding import check_decoder_options, use_decoder
+from .common import console, err_console, user_errors, warn
+from .decoding import use_decoder
 from .defaults import CHECKPOINT_ENV, DEFAULT_DATA_ROOT, resolve_checkpoint
-from .targets import benchmark_targets
+from .targets import benchmark_targets, check_reading_options
 
 
 def _table(results: list[BenchmarkResult], average: BenchmarkResult | None, title: str) -> Table:
@@ -73,11 +72,7 @@ def evaluate(
     show_failures: int = typer.Option(10, help="How many unreadable samples to list."),
 ) -> None:
     """Word accuracy and 1-NED of a checkpoint on benchmarks (case-insensitive, 36 characters by default)."""
-    if protocol not in PROTOCOLS:
-        fail(f"unknown protocol {protocol!r}; choose one of 36, case, exact (62 means case)")
-    check_decoder_options(decoder, beam_width)
-    if not benchmark and not data:
-        fail("name at least one --benchmark or --data")
+    check_reading_options(benchmark, data, protocol, decoder, beam_width)
     # Before any work: a bad output path must not cost the evaluation.
     if json_out is not None:
         check_output_file(json_out, overwrite, ours=is_results_file)

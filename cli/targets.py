@@ -1,4 +1,4 @@
-"""The datasets a command reads: standard benchmarks by name (`--benchmark`), or any LMDB folder (`--data`)."""
+"""The datasets `eval` and `compare` read: standard benchmarks by name (`--benchmark`), or any LMDB folder (`--data`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ from pathlib import Path
 
 from textrec.data import benchmarks as registry
 from textrec.errors import BenchmarkNotFoundError
+from textrec.metrics import PROTOCOLS
 
 from .common import err_console, fail
+from .decoding import check_decoder_options
+
+
+def check_reading_options(benchmark: list[str], data: list[Path], protocol: str, decoder: str, beam_width: int) -> None:
+    """What `eval` and `compare` are told to read and how, checked before any work: one error line if wrong."""
+    if protocol not in PROTOCOLS:
+        fail(f"unknown protocol {protocol!r}; choose one of 36, case, exact (62 means case)")
+    check_decoder_options(decoder, beam_width)
+    if not benchmark and not data:
+        fail("name at least one --benchmark or --data")
 
 
 def _all_targets(data_root: Path) -> list[tuple[str, Path]]:
