@@ -20,13 +20,18 @@ weights: the time does not depend on them), on an input of the checkpoint's heig
 On CUDA every model runs its float32 products on TF32 tensor cores, as `textrec train` does
 (`textrec.nn.tensor_core_matmuls`; cuDNN's kernel does by default); `--no-tf32` times plain float32 for all.
 Training steps of our own kernel replay CUDA graphs there, as in `textrec train` (`textrec.nn.GraphedTraining`);
-`--no-graphs` times them launched op by op.
+`--no-graphs` times them launched op by op. Vanilla layers run cuDNN there, as in training ("none (cuDNN)");
+"none (own kernel)" is the same layer through textrec's kernel, and every LSTM of our kernel is timed twice:
+each step's element-wise work as one Triton kernel (`textrec.nn.triton_steps`, the default on CUDA) and, in
+the rows "... -ops", as torch ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -35,7 +40,7 @@ import torch
 from torch import nn
 
 from refine_ablation import VARIANT_DEFAULTS, layer_options, parse_variant  # the variant names (benchmarks/ is the script's folder)
-from textrec.nn import GatedRNN, for_training, tensor_core_matmuls
+from textrec.nn import GatedRNN, for_training, tensor_core_matmuls, triton_steps
 
 
 def sync(device: torch.device) -> None:
@@ -43,8 +48,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TorchOps(nn.Module):
+    """A layer whose forward (and so its backward) runs each step's element-wise work as torch ops, not as
+    the Triton step kernels (`textrec.nn.triton_steps`), which the same layer uses on CUDA otherwise."""
+
+    def __init__(self, rnn: GatedRNN):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        before = os.environ.get("TEXTREC_TRITON_RNN")
+        os.environ["TEXTREC_TRITON_RNN"] = "0"
+        try:
+            return self.rnn(x)
+        finally:
+            if before is None:
+                del os.environ["TEXTREC_TRITON_RNN"]
+            else:
+                os.environ["TEXTREC_TRITON_RNN"] = before
+
+
 def make_models(mode: str, args, device) -> dict[str, nn.Module]:
-    """Torch reference, our vanilla copy of it, and our refined layer(s), all with the same shapes."""
+    """Torch reference, our vanilla copy of it, and our refined layer(s), all with the same shapes.
+
+    On CUDA our vanilla copy runs torch's kernel (cuDNN), as training does; "vanilla-own" is the same layer
+    through textrec's own kernel, and for the LSTM each own-kernel layer is timed once more as "<name>-ops",
+    its steps' element-wise work as torch ops instead of the Triton kernels."""
     kw = dict(num_layers=args.layers, bidirectional=True)
     torch_cls = nn.LSTM if mode == "lstm" else nn.GRU  # MGU has no torch twin: compared with GRU
     models = {"torch": torch_cls(args.input, args.hidden, **kw)}
@@ -52,12 +81,18 @@ def make_models(mode: str, args, device) -> dict[str, nn.Module]:
         models["vanilla"] = GatedRNN("mgu", args.input, args.hidden, **kw)
     else:
         models["vanilla"] = GatedRNN.from_torch(models["torch"])
+    if device.type == "cuda" and mode != "mgu":
+        models["vanilla-own"] = GatedRNN.from_torch(models["torch"])
+        models["vanilla-own"].use_torch_kernel = False
     for variant in args.variants:
         models[variant] = GatedRNN(mode, args.input, args.hidden, **layer_options(parse_variant(f"{mode}-{variant}")), **kw)
+    if mode == "lstm" and triton_steps.applies(torch.zeros(1, device=device)):
+        own = [k for k, m in models.items() if isinstance(m, GatedRNN) and not (m.torch_kernel_enabled() and device.type == "cuda")]
+        models.update({f"{k}-ops": TorchOps(copy.deepcopy(models[k])) for k in own})
     models = {k: m.to(device) for k, m in models.items()}
     if not args.no_graphs:  # training steps of our own kernel as `textrec train` runs them (CUDA only)
         for model in models.values():
-            args.graphs_installed |= for_training(model, device) is not None
+            args.graphs_installed |= for_training(getattr(model, "rnn", model), device) is not None
     return models
 
 
@@ -139,6 +174,17 @@ def main() -> None:
         run(args)
 
 
+def row_name(kind: str, device: torch.device) -> str:
+    """How the table names a model: the variant, with the kernel that computes it where that is not plain."""
+    ops = kind.endswith("-ops")
+    name = kind.removesuffix("-ops")
+    if name == "vanilla":
+        name = "none (cuDNN)" if device.type == "cuda" else "none"
+    elif name == "vanilla-own":
+        name = "none (own kernel)"
+    return f"{name} (torch ops)" if ops else name
+
+
 def run(args) -> None:
     args.variants = [v.strip() for v in (args.variants or args.refine).split(",") if v.strip()]
 
@@ -173,8 +219,8 @@ def run(args) -> None:
         infer = interleaved(models, time_infer, x_infer, device, args.infer_repeats, warmup=5)
         ref_name = "torch.nn." + ("LSTM" if mode == "lstm" else "GRU")
         for kind in models:
-            label = ref_name if kind == "torch" else f"GatedRNN {mode} " + ("none" if kind == "vanilla" else kind)
-            rows.append((label, train[kind] * 1e3, infer[kind] * 1e3, train[kind] / train["torch"], infer[kind] / infer["torch"]))
+            name = ref_name if kind == "torch" else f"GatedRNN {mode} " + row_name(kind, device)
+            rows.append((name, train[kind] * 1e3, infer[kind] * 1e3, train[kind] / train["torch"], infer[kind] / infer["torch"]))
             # The first variant is also reported as "refined" (the keys of this script's first version).
             for key in [kind] + (["refined"] if kind == args.variants[0] else []):
                 if kind != "torch":
@@ -187,9 +233,9 @@ def run(args) -> None:
           f"cpu={platform.processor() or platform.machine()}")
     print(f"train: T={args.steps} B={args.batch} in={args.input} hidden={args.hidden} layers={args.layers} bidirectional, "
           f"forward+backward, median of {args.train_repeats}; infer: batch 1, no grad, median of {args.infer_repeats}")
-    print(f"{'model':<36}{'train ms':>10}{'infer ms':>10}{'train/torch':>13}{'infer/torch':>13}")
+    print(f"{'model':<46}{'train ms':>10}{'infer ms':>10}{'train/torch':>13}{'infer/torch':>13}")
     for label, tr, inf, rt, ri in rows:
-        print(f"{label:<36}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
+        print(f"{label:<46}{tr:>10.1f}{inf:>10.2f}{rt:>13.2f}{ri:>13.2f}")
     result.update(device=str(device), threads=torch.get_num_threads() if device.type == "cpu" else None,
                   refine=args.refine, torch=torch.__version__, tf32=device.type == "cuda" and not args.no_tf32,
                   graphs=args.graphs_installed)  # False where TEXTREC_CUDA_GRAPHS=0 kept them off

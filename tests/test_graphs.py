@@ -162,6 +162,12 @@ def test_for_training_installs_only_where_the_graphs_can_help(monkeypatch):
     graphs = for_training(refined, "cuda")
     assert isinstance(graphs, GraphedTraining) and graphs.rnn is refined
     graphs.remove()
+    # a vanilla layer kept on textrec's kernel (per layer, or by TEXTREC_TORCH_RNN=0) gets the graphs
+    own = GatedRNN("lstm", 6, 4)
+    own.use_torch_kernel = False
+    assert isinstance(for_training(own, "cuda"), GraphedTraining)
+    monkeypatch.setitem(os.environ, "TEXTREC_TORCH_RNN", "0")
+    assert isinstance(for_training(GatedRNN("lstm", 6, 4), "cuda"), GraphedTraining)
     monkeypatch.setitem(os.environ, "TEXTREC_CUDA_GRAPHS", "0")
     assert for_training(refined, "cuda") is None
 

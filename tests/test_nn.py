@@ -427,6 +427,9 @@ def test_torch_kernel_is_used_only_where_it_applies(monkeypatch):
     recording = GatedRNN("gru", 6, 5)
     recording.record_gates = True
     assert not recording.torch_kernel_applies(on_gpu)
+    own = GatedRNN("lstm", 6, 5)
+    own.use_torch_kernel = False  # one layer through textrec's kernel (benchmarks/rnn_speed.py's "own kernel")
+    assert not own.torch_kernel_applies(on_gpu) and not own.torch_kernel_enabled()
     monkeypatch.setenv("TEXTREC_TORCH_RNN", "0")
     assert not GatedRNN("lstm", 6, 5).torch_kernel_applies(on_gpu)
 

@@ -9,6 +9,10 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
   TEXTREC_TORCH_RNN=0   a training step with torch's RNN kernel failed: use textrec's own recurrent path
   TRAIN_ARGS=           the recipe or $TRAIN_ARGS asks for other gates than the checkpoint's (--refine ...) and a
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
+  TEXTREC_TRITON_RNN=0  training steps with the recurrent layer's Triton step kernels (textrec.nn.triton_steps)
+                        failed, did not give the torch ops' loss and gradients (1 % relative), or were slower:
+                        run each step's element-wise work as torch ops. Checked on the model to train (or the
+                        recipe's, as for the graphs below), before the graphs, which are then checked that way
   TEXTREC_CUDA_GRAPHS=0 training steps with CUDA graphs of textrec's own recurrent kernel
                         (textrec.nn.GraphedTraining) failed or did not give the plain steps' loss and gradients
                         (1 % relative), with batches finished in another thread meanwhile as --finish-ahead
@@ -25,6 +29,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 import tomllib
 import traceback
 from pathlib import Path
@@ -97,6 +102,12 @@ def main() -> None:
     # them on the recipe's own model, so that every lease says whether they work (the line goes to the log).
     checked = trained if not CRNN(trained).sequence.has_torch_kernel else trained_config(checkpoint.model_config, recipe, "")
     if not CRNN(checked).sequence.has_torch_kernel:
+        try:
+            kernels_agree(checked, images)
+        except Exception as error:  # noqa: BLE001
+            report("the recurrent layer's Triton step kernels failed, disagreed or were slower", error)
+            print("TEXTREC_TRITON_RNN=0")
+            os.environ["TEXTREC_TRITON_RNN"] = "0"  # the graphs are checked as training will run
         try:  # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
             graphs_agree(checked, images, finish_meanwhile=lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True))
             print(f"device check: CUDA graphs of the recurrent layer ({checked.refine} gates) agree with plain steps", file=sys.stderr)
@@ -125,6 +136,58 @@ def training_step(model, images) -> None:
     optimizer.step()
     torch.cuda.synchronize()
     assert torch.isfinite(loss)
+
+
+def kernels_agree(config: CRNNConfig, images, repeats: int = 5) -> None:
+    """Raises unless training steps with the Triton step kernels (`textrec.nn.triton_steps`) give the loss and
+    gradients of the same steps with the torch ops, and take less time. Random weights, the short connection's
+    projections included (a start-as-vanilla one would be zero and hide its terms)."""
+    from textrec.nn import triton_steps
+
+    if not triton_steps.applies(images.float()):
+        raise RuntimeError("the Triton step kernels do not apply here (Triton missing or turned off)")
+    torch.manual_seed(0)
+    model = CRNN(config).to(images.device).train()
+    with torch.no_grad():
+        for weight in model.sequence.short_connection_weights():
+            weight.uniform_(-0.1, 0.1)
+    # CUDA on the lease; the tests run the same check on the CPU under Triton's interpreter
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    results, seconds = {}, {}
+    with tensor_core_matmuls(images.device), _restored_env("TEXTREC_TRITON_RNN"):
+        for kernels in ("1", "0", "1", "0"):  # warm-up (and Triton's compiling), then the timed rounds
+            os.environ["TEXTREC_TRITON_RNN"] = kernels
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model.zero_grad(set_to_none=True)
+                with torch.autocast(images.device.type, enabled=images.is_cuda):
+                    logits = model(images)
+                loss = logits.float().log_softmax(2).mean()
+                loss.backward()
+            sync()
+            seconds[kernels] = (time.perf_counter() - start) / repeats
+            results[kernels] = [loss.detach()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+    names = ["loss"] + [name for name, _ in model.named_parameters()]
+    differ = [n for n, a, b in zip(names, results["0"], results["1"]) if (a - b).norm() > 1e-2 * a.norm() + 1e-6]
+    if differ:
+        raise AssertionError(f"{len(differ)} of {len(names)} differ, first {differ[0]}")
+    ms = f"{seconds['1'] * 1e3:.1f} ms per training step of {len(images)} images against {seconds['0'] * 1e3:.1f} ms"
+    if seconds["1"] >= seconds["0"]:
+        raise RuntimeError(f"slower: {ms}")
+    print(f"device check: the Triton step kernels agree with the torch ops; {ms}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _restored_env(name: str):
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: Callable[[int], object] | None = None) -> None:

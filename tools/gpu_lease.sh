@@ -60,7 +60,7 @@ python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('to
 # The GPU code paths, checked in seconds: a failure switches to a fallback instead of costing the lease.
 FALLBACKS=$(timeout 150 python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log") || {
     log "device check did not finish (exit $?): the plainest paths from here"
-    FALLBACKS="$FALLBACKS FINISH_AHEAD=0 TEXTREC_CUDA_GRAPHS=0"
+    FALLBACKS="$FALLBACKS FINISH_AHEAD=0 TEXTREC_TRITON_RNN=0 TEXTREC_CUDA_GRAPHS=0"
 }
 for setting in $FALLBACKS; do export "$setting"; log "fallback: $setting"; done
 SCENE_DEVICE=${SCENE_DEVICE:-auto}
@@ -75,9 +75,10 @@ if [ "${DATA_SPEED_SECONDS:-0}" -gt 0 ]; then  # the data path and the steps mea
         --train-data synth:0.75 'data/gpu/real_train/*:0.25' >> "$OUT/lease.log" 2>&1
 fi
 if [ "${RNN_SPEED:-1}" = 1 ]; then  # issue 12's GPU target, about 15 s (RNN_SPEED=0 skips it): the shipped refined
-    # LSTM layer against cuDNN's at the lease's shapes (T=41), TF32 as trained, with CUDA graphs unless the check turned them off
+    # LSTM layer against cuDNN's at the lease's shapes (T=41), TF32 as trained, with CUDA graphs unless the check turned them off;
+    # also our own kernel's vanilla layer, and both with each step's work as torch ops instead of the Triton kernels
     log "recurrent layer speed"
-    timeout 60 python3 benchmarks/rnn_speed.py --device cuda --modes lstm --variants add-io-vstart-tanh,add-io-map \
+    timeout 60 python3 benchmarks/rnn_speed.py --device cuda --modes lstm --variants add-io-vstart-tanh \
         --steps 41 --batch 1024 --train-repeats 8 --infer-repeats 10 >> "$OUT/lease.log" 2>&1
 fi
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import triton_steps
 from .gates import GATE_ORDER, SIGMOID_GATES
 
 
@@ -154,9 +155,10 @@ def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None) -> Tensor:
 # ------------------------------------------------------------------ LSTM (blocks i, f, g, o)
 
 
-def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep):
+def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=False):
     """LSTM over (D, T, B, 4H) gate inputs. Returns (H_full, c_n, saved): H_full is
     (D, T+1, B, H) with h0 in slot 0; saved = (S, V, C_full, tanh c) if ``keep``.
+    ``kernels``: each step's element-wise work as one Triton kernel (`triton_steps.applies`).
 
     Only the refined blocks are combined with x̃ (one op per step on a strided view of the
     blocks); the other gates are read from the sigmoids (see `_values`)."""
@@ -173,7 +175,17 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep):
     Cf = _with_initial(c0, T) if keep else None
     C_s = Cf.unbind(1) if keep else [c0.clone()] * (T + 1)
     xg_s, H_s = xg.unbind(1), Hf.unbind(1)
-    S_s, TC_s = _steps(S, keep, T), _steps(TC, keep, T)
+    S_s, V_s, TC_s = _steps(S, keep, T), _steps(V, keep, T), _steps(TC, keep, T)
+    if kernels:
+        # One product and one kernel per step (triton_steps.py), into the same buffers as the ops below.
+        r_s = xt.contiguous().unbind(1) if sl is not None else [None] * T
+        for s in range(T):
+            torch.bmm(H_s[s], w_t, out=a)  # h_{t-1} W_hh; the kernel adds the gate inputs
+            triton_steps.lstm_forward_step(
+                xg_s[s], a, r_s[s], S_s[s], V_s[s], C_s[s], C_s[s + 1], TC_s[s], H_s[s + 1],
+                refined_blocks if sl is not None else (), refine,
+            )
+        return Hf, C_s[T], ((S, V, Cf, TC) if keep else None)
     i_s, f_s, g_s, o_s = (_steps(t, keep, T) for t in _values(S, V, refined_blocks, 4, H, also=(2,)))
     if sl is not None:
         S4_s, V4_s = (_steps(t.view(*t.shape[:-1], 4, H)[..., sl, :], keep, T) for t in (S, V))
@@ -197,9 +209,10 @@ class LSTMRecurrence(torch.autograd.Function):
     def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, refined_blocks, xform, sink):
         xg = _split(proj, G, xt_in, False)[0]
         bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
-        Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, _with_offset(bounded, xform), h0, c0, w_t, refine, refined_blocks, keep=True)
+        kernels = triton_steps.applies(xg)  # decided once: the backward runs the same way
+        Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, _with_offset(bounded, xform), h0, c0, w_t, refine, refined_blocks, True, kernels)
         ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf)
-        ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
+        ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform, kernels)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Cf
         return Hf, c_n
@@ -208,7 +221,7 @@ class LSTMRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_hf, d_cn):
         bounded, xt_in, w_t, S, V, Cf, TC, Hf = ctx.saved_tensors
-        G, N, refine, refined_blocks, xform = ctx.cfg
+        G, N, refine, refined_blocks, xform, kernels = ctx.cfg
         D, T, B, _ = S.shape
         H = G // 4
         w_hh = w_t.transpose(1, 2).contiguous()
@@ -232,19 +245,17 @@ class LSTMRecurrence(torch.autograd.Function):
         )
         K3_s = [t.view(D, B, 3, H) for t in K[..., : 3 * H].unbind(1)]
         dA3_s = [t.view(D, B, 3, H) for t in dA[..., : 3 * H].unbind(1)]
-        dc = d_cn
-        dh_rec = None
-        for s in range(T - 1, -1, -1):
-            dh = DH_s[s]
-            if dh_rec is None:
-                dh.copy_(d_h_s[s])
-            else:
-                torch.add(d_h_s[s], dh_rec, out=dh)
-            dcs = torch.addcmul(dc, dh, P_s[s], out=DC_s[s])
-            torch.mul(K3_s[s], dcs.unsqueeze(2), out=dA3_s[s])
-            torch.mul(K_o_s[s], dh, out=dA_o_s[s])
-            dh_rec = torch.bmm(dA_s[s], w_hh)
-            dc = dcs * f_s[s]
+        if kernels:
+            # One kernel and one product per step (triton_steps.py); dc is carried in a buffer of its own.
+            dc = d_cn.contiguous().clone()
+            dh_rec = None
+            d_h_s = d_h_s if d_hf.stride(-1) == 1 else d_hf[:, 1:].contiguous().unbind(1)
+            K_s = K.unbind(1)
+            for s in range(T - 1, -1, -1):
+                triton_steps.lstm_backward_step(d_h_s[s], dh_rec, dc, P_s[s], K_s[s], f_s[s], DH_s[s], DC_s[s], dA_s[s])
+                dh_rec = torch.bmm(dA_s[s], w_hh)
+        else:
+            dc, dh_rec = _lstm_backward_ops(d_cn, d_h_s, DH_s, DC_s, P_s, K3_s, dA3_s, K_o_s, dA_o_s, dA_s, f_s, w_hh)
         dh0 = dh_rec + d_hf[:, 0]
         h_prev = Hf[:, :-1].reshape(D, T * B, H)
         d_w_t = torch.bmm(h_prev.transpose(1, 2), dA.reshape(D, T * B, G))
@@ -256,6 +267,23 @@ class LSTMRecurrence(torch.autograd.Function):
             _bound_grad(d_xt, bounded, xform)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
         return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
+
+
+def _lstm_backward_ops(dc, d_h_s, DH_s, DC_s, P_s, K3_s, dA3_s, K_o_s, dA_o_s, dA_s, f_s, w_hh):
+    """The backward's loop in torch ops (six per step): returns the gradients of c0 and, through W_hh, of h0."""
+    dh_rec = None
+    for s in range(len(d_h_s) - 1, -1, -1):
+        dh = DH_s[s]
+        if dh_rec is None:
+            dh.copy_(d_h_s[s])
+        else:
+            torch.add(d_h_s[s], dh_rec, out=dh)
+        dcs = torch.addcmul(dc, dh, P_s[s], out=DC_s[s])
+        torch.mul(K3_s[s], dcs.unsqueeze(2), out=dA3_s[s])
+        torch.mul(K_o_s[s], dh, out=dA_o_s[s])
+        dh_rec = torch.bmm(dA_s[s], w_hh)
+        dc = dcs * f_s[s]
+    return dc, dh_rec
 
 
 # ------------------------------------------------------------------ GRU (blocks r, z, n)
@@ -520,7 +548,7 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
         for d in parts:
             args = (xg[d], None if xt is None else xt[d], h0[d])
             if mode == "lstm":
-                outs.append(lstm_forward(*args, c0[d], w_hh_t[d], refine, refined_blocks, keep=record))
+                outs.append(lstm_forward(*args, c0[d], w_hh_t[d], refine, refined_blocks, record, triton_steps.applies(x)))
             elif mode == "gru":
                 outs.append(gru_forward(*args, w_hh_t[d], w["b_hh"][d], refine, refined_blocks, keep=record))
             else:

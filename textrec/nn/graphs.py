@@ -116,7 +116,7 @@ def for_training(module, device: torch.device | str, on_failure: Callable[[str],
     """Graphs for `module` when training it on `device` can use them: a `GatedRNN` computed by textrec's own
     kernel, on CUDA, unless ``TEXTREC_CUDA_GRAPHS=0``. None otherwise (nothing installed)."""
     if (
-        torch.device(device).type != "cuda" or not isinstance(module, GatedRNN) or module.has_torch_kernel
+        torch.device(device).type != "cuda" or not isinstance(module, GatedRNN) or module.torch_kernel_enabled()
         or os.environ.get("TEXTREC_CUDA_GRAPHS", "1") == "0"
     ):
         return None

@@ -137,6 +137,7 @@ class GatedRNN(nn.Module):
         # cell c for an LSTM and h for GRU / MGU (how large they grow shows a diverging unit).
         self.last_states: dict[str, Tensor] = {}
         self.fast = True
+        self.use_torch_kernel = True  # False: textrec's own kernel on GPUs too (benchmarks compare the two)
 
         factory = {"device": device, "dtype": dtype}
         blocks = len(GATE_ORDER[self.mode])
@@ -331,14 +332,16 @@ class GatedRNN(nn.Module):
         maps (refined gates and the MGU need ours)."""
         return self.refine == "none" and self.mode in ("lstm", "gru") and not self.input_map
 
+    def torch_kernel_enabled(self) -> bool:
+        """Whether this layer runs as torch's own kernel on a GPU: it has one (`has_torch_kernel`), and
+        neither ``use_torch_kernel = False`` nor TEXTREC_TORCH_RNN=0 turns that off."""
+        return self.has_torch_kernel and self.use_torch_kernel and os.environ.get("TEXTREC_TORCH_RNN", "1") != "0"
+
     def torch_kernel_applies(self, x: Tensor) -> bool:
         """Vanilla LSTM and GRU layers on a GPU run as torch's own kernel (cuDNN): the same parameters
         and equations (see `from_torch`), several times fewer kernel launches. Gate recording needs
-        ours. TEXTREC_TORCH_RNN=0 turns this off."""
-        return (
-            self.has_torch_kernel and x.is_cuda and x.dim() == 3 and self.fast and not self.record_gates
-            and os.environ.get("TEXTREC_TORCH_RNN", "1") != "0"
-        )
+        ours."""
+        return self.torch_kernel_enabled() and x.is_cuda and x.dim() == 3 and self.fast and not self.record_gates
 
     def torch_kernel(self, x: Tensor, state=None):
         """The layers through torch's fused RNN kernel (on any device; `forward` uses it on GPUs)."""
