@@ -32,6 +32,7 @@ from textrec.model import CRNN
 from textrec.nn import for_training, tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
+from textrec.train import adamw
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "default.safetensors")
 
@@ -93,7 +94,7 @@ class TorchLSTM(nn.Module):
 
 def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float) -> float:
     for_training(model.sequence, device)  # CUDA graphs of our recurrent kernel, as `textrec train` installs them
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), 1e-4, device)  # as `textrec train` builds it
     ctc = nn.CTCLoss(zero_infinity=True)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -197,3 +197,15 @@ def test_the_loop_counts_the_time_it_waits_for_batches():
         taken.append(k)
         time.sleep(0.03)  # the step: not counted
     assert taken == [0, 1, 2] and 0.06 <= waits.seconds < 0.09 + 0.05
+
+
+def test_the_optimizer_is_fused_on_cuda_only():
+    """On CUDA AdamW runs its fused kernel (no per-step wait on the host for the overflow check of the GradScaler);
+    elsewhere torch's default implementation."""
+    import torch
+
+    from textrec.train import adamw
+
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw(weights, 1e-3, torch.device("cuda")).defaults["fused"] is True
+    assert adamw(weights, 1e-3, torch.device("cpu")).defaults["fused"] is None

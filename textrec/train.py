@@ -275,6 +275,12 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     return groups
 
 
+def adamw(params, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as training runs it. On CUDA its fused kernel: a few launches for all weights instead of a few per
+    weight, and with a GradScaler no wait for the host to read whether the gradients overflowed."""
+    return torch.optim.AdamW(params, lr=lr, fused=True if device.type == "cuda" else None)
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to 1% of the peak."""
     if step < warmup:
@@ -308,7 +314,7 @@ class _Run:
         # (which averages the gradients over the ranks). self.model is always the bare model (saved, validated).
         self.network: nn.Module = self.model
         self.frames = self.model.output_length(config.width)
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, config), lr=config.lr)
+        self.optimizer = adamw(_parameter_groups(self.model, config), config.lr, self.device)
         warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, warmup, config.max_steps)

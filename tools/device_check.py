@@ -47,6 +47,7 @@ from textrec.nn import GraphedTraining, tensor_core_matmuls  # noqa: E402
 from textrec.nn.gates import parse_gate_names  # noqa: E402
 from textrec.synth.ahead import FinishAhead  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
+from textrec.train import adamw  # noqa: E402
 
 
 def report(problem: str, error: BaseException) -> None:
@@ -128,7 +129,7 @@ def ahead_agrees(finisher: Finisher, raw, steps: int = 4) -> None:
 
 
 def training_step(model, images) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = adamw(model.parameters(), 1e-6, images.device)  # as training builds it
     with torch.autocast("cuda"):
         logits = model(images)
     loss = logits.float().log_softmax(2).mean()

@@ -57,6 +57,9 @@ textrec() { python3 -m cli.main "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/lease.log"
 python3 -c "import torch, PIL, lmdb, editdistance, typer, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$OUT/lease.log"
+# Triton compiles its kernels' launchers with the machine's C compiler: both decide whether textrec.nn.triton_steps can run
+python3 -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1 | tee -a "$OUT/lease.log"
+{ command -v cc gcc || echo "no C compiler"; } 2>&1 | head -1 | tee -a "$OUT/lease.log"
 # The GPU code paths, checked in seconds: a failure switches to a fallback instead of costing the lease.
 FALLBACKS=$(timeout 150 python3 tools/device_check.py "$RECIPE" "$INIT_FROM" 2>> "$OUT/lease.log") || {
     log "device check did not finish (exit $?): the plainest paths from here"
