@@ -60,8 +60,11 @@ class RichCallbacks(TrainCallbacks):
         )
         if start.resumed_from is not None:
             self.progress.console.print(f"[bold]resuming from step {start.resumed_from}[/]")
+        if start.time_budget is not None:  # the steps are not known beforehand: no step total, no time left
+            self.progress.console.print(f"training for {start.time_budget:g} s (--time-budget), at most {start.max_steps:,} steps")
         self.task = self.progress.add_task(
-            "train", total=start.max_steps, completed=start.resumed_from or 0, loss=float("nan"), speed=0.0
+            "train", total=None if start.time_budget is not None else start.max_steps, completed=start.resumed_from or 0,
+            loss=float("nan"), speed=0.0,
         )
 
     def on_step(self, step: int, loss: float, lr: float, images_per_second: float) -> None:
@@ -116,6 +119,10 @@ def train(
     output: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, config and metrics. An existing run there is resumed."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML recipe of these options (e.g. max_steps = 20000); the command line overrides it."),
     max_steps: int = typer.Option(20000, min=1),
+    time_budget: Optional[float] = typer.Option(
+        None, help="Seconds to train (loading included; summed over resumes): the learning rate's cosine decay ends "
+        "when they are used and the run stops there, at whatever step its speed reached (--max-steps still caps it).",
+    ),
     batch_size: int = typer.Option(64, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     rnn: str = typer.Option("lstm", help="Recurrent unit: lstm, gru or mgu."),

@@ -5,6 +5,7 @@ on the machine (issue 17: `door` read as `dor` on an AVX-512 CPU only). Tests of
 hold on every kernel path; none asserts the exact outcome of a run.
 """
 
+import dataclasses
 import json
 import time
 import re
@@ -209,3 +210,46 @@ def test_the_optimizer_is_fused_on_cuda_only():
     weights = [torch.nn.Parameter(torch.zeros(3))]
     assert adamw(weights, 1e-3, torch.device("cuda")).defaults["fused"] is True
     assert adamw(weights, 1e-3, torch.device("cpu")).defaults["fused"] is None
+
+
+def test_a_time_budget_ends_the_schedule_and_the_run_and_carries_over_a_resume(word_set, tmp_path, monkeypatch):
+    """--time-budget: cosine decay to its floor at the budget's last second, then the run stops (a GPU lease trains
+    until its time is up at a rate it cannot know beforehand). The clock is the test's: each step takes 1 s."""
+    from textrec import train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "_clock", lambda: now[0])
+    step_once = train_module._Run._loss
+
+    def one_second_each(self, *args):
+        now[0] += 1.0
+        return step_once(self, *args)
+
+    monkeypatch.setattr(train_module._Run, "_loss", one_second_each)
+    run = tmp_path / "run"
+    config = tiny_config(word_set, run, max_steps=1000, warmup_steps=2, time_budget=10.0, log_interval=1,
+                         val_interval=1000, save_interval=1000, lr=1e-3)
+    recorder = Recorder()
+    result = train(config, recorder)
+    assert result.steps == 10 and (run / "last.safetensors").exists()
+    assert "--time-budget of 10 s used at step 10: stopping" in recorder.events
+    lr = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+    # warm-up by steps (2), then cosine over the seconds left: half-way at 6 s, the floor (1 % of the peak) at 10 s
+    assert lr[2] == pytest.approx(1e-3) and lr[6] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert lr[10] == pytest.approx(1e-5)
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val" in r] == [10]
+
+    # the same command again: the budget is used, nothing trains; a larger budget goes on from the run's 10 s
+    again = Recorder()
+    assert train(config, again).steps == 10
+    assert any("has used its --time-budget of 10 s" in e for e in again.events)
+    assert train(dataclasses.replace(config, time_budget=15.0), Recorder()).steps == 15
+
+
+def test_a_time_budget_must_be_a_positive_number_of_seconds(word_set, tmp_path):
+    from textrec.errors import ConfigError
+    from textrec.train import check_config
+
+    for bad in (0, -5.0, float("nan"), float("inf"), True, "60"):
+        with pytest.raises(ConfigError, match="--time-budget must be a finite number of seconds above 0"):
+            check_config(tiny_config(word_set, tmp_path / "run", time_budget=bad))

@@ -76,6 +76,9 @@ class TrainConfig:
     val_data: list[str]
     output: str
     max_steps: int = 20000
+    # Seconds of training (summed over the run's processes, loading included): with it the cosine decay ends at the
+    # budget's last second and the run stops there, whatever its rate (max_steps still caps it). A GPU lease uses it.
+    time_budget: float | None = None
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -163,6 +166,7 @@ class TrainStart:
     resumed_from: int | None
     max_steps: int
     processes: int = 1  # data-parallel processes, each taking batch_size / processes samples of every step
+    time_budget: float | None = None  # seconds: the run ends when they are used, its steps unknown beforehand
 
 
 @dataclass
@@ -220,6 +224,9 @@ def check_config(config: TrainConfig) -> None:
         if not number or (name in ("lr", "grad_clip", "refine_lr_scale") and value <= 0) or (name == "weight_decay" and value < 0) \
                 or (name == "dropout" and not 0 <= value < 1):
             raise bad(name, value, expected)
+    budget = config.time_budget
+    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < math.inf):
+        raise bad("time_budget", budget, "a finite number of seconds above 0")
     samples = config.val_max_samples
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
         raise bad("val_max_samples", samples, "a whole number of at least 1")
@@ -285,8 +292,50 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to 1% of the peak."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return _cosine((step - warmup) / max(1, total - warmup))
+
+
+def _cosine(progress: float) -> float:
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+_clock = time.perf_counter  # the time budget's clock (tests replace it)
+
+
+class _Schedule:
+    """The learning rate's factor: linear warm-up over `warmup` steps, then cosine decay to 1 % of the peak at
+    max_steps, or with a time budget at the budget's last second, when the run stops. A GPU lease's rate is known
+    only once it trains (its loader warms up over minutes), so a schedule fitted to steps ended lease 4 a minute early."""
+
+    def __init__(self, config: TrainConfig, warmup: int):
+        self.config, self.warmup = config, warmup
+        self.seconds_before = 0.0  # trained by the run's earlier processes
+        self.warmup_end: float | None = None  # the run's second at which warm-up ended (time budget)
+        self.started: float | None = None
+
+    def start(self) -> None:
+        self.started = _clock()
+
+    def seconds(self) -> float:
+        return self.seconds_before + (_clock() - self.started if self.started is not None else 0.0)
+
+    def spent(self) -> bool:
+        return self.config.time_budget is not None and self.seconds() >= self.config.time_budget
+
+    def factor(self, step: int) -> float:
+        budget = self.config.time_budget
+        if budget is None or step < self.warmup:
+            return _lr_factor(step, self.warmup, self.config.max_steps)
+        now = self.seconds()
+        if self.warmup_end is None:
+            self.warmup_end = now
+        return _cosine((now - self.warmup_end) / max(budget - self.warmup_end, 1e-9))
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds(), "warmup_end": self.warmup_end}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds_before, self.warmup_end = float(state["seconds"]), state["warmup_end"]
 
 
 class _Run:
@@ -301,6 +350,8 @@ class _Run:
         self.preprocess = Preprocess(height=config.height, width=config.width, keep_ratio=config.keep_ratio)
         self.model_config = model_config_for(config, self.charset)
         self.device = self.world.device(resolve_device(config.device))
+        if config.time_budget is not None and self.world.distributed:
+            raise TrainingError("--time-budget trains in one process: the ranks' clocks would stop them at different steps")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         try:
@@ -316,9 +367,9 @@ class _Run:
         self.frames = self.model.output_length(config.width)
         self.optimizer = adamw(_parameter_groups(self.model, config), config.lr, self.device)
         warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _lr_factor(s, warmup, config.max_steps)
-        )
+        self.schedule = _Schedule(config, warmup)
+        # A plain function for LambdaLR: it would save an object's attributes (the config) into resume.pt.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.schedule.factor(s))
         self.ctc = nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -361,6 +412,7 @@ class _Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_accuracy": self.best_accuracy,
             "best_ned": self.best_ned,
@@ -429,6 +481,8 @@ class _Run:
             )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "schedule" in state:  # runs of versions before --time-budget: no clock to carry on
+            self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.best_accuracy = state["best_accuracy"]
@@ -598,6 +652,7 @@ class _Run:
         if self.world.is_main:
             remove_temp_files(self.output)  # half-written files of a run killed while saving
         resumed = self.try_resume()
+        self.schedule.start()  # the time budget counts from here: loading the data is part of a lease's time
         # Rank 0 alone reads --init-from: DDP gives its weights to the other ranks.
         initialised = self.init_from(config.init_from) if resumed is None and config.init_from and self.world.is_main else None
         if self.world.is_main:
@@ -626,14 +681,19 @@ class _Run:
                 resumed_from=resumed,
                 max_steps=config.max_steps,
                 processes=self.world.size,
+                time_budget=config.time_budget,
             )
         )
         if initialised:
             self.callbacks.on_event(initialised)
         if self.accepted:
             self.callbacks.on_event(self.accepted)
+        end = config.max_steps
         if resumed is not None and resumed >= config.max_steps:
             self.callbacks.on_event(f"the run is already at step {resumed} (--max-steps {config.max_steps}): nothing to train")
+        elif resumed is not None and self.schedule.spent():
+            self.callbacks.on_event(f"the run has used its --time-budget of {config.time_budget:g} s: nothing to train")
+            end = resumed
         # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
         scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
         self.finisher = Finisher(
@@ -642,7 +702,7 @@ class _Run:
         )
         # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
         sampler = StepBatchSampler(
-            [s.size for s in sources], counts, config.seed, self.step, config.max_steps, self.world.rank, self.world.size
+            [s.size for s in sources], counts, config.seed, self.step, end, self.world.rank, self.world.size
         )
         loader = torch.utils.data.DataLoader(
             TrainingSamples(sources, self.charset, self.finisher.canvas_size, config.keep_ratio, self.finisher.scale),
@@ -698,7 +758,10 @@ class _Run:
                     self.step += 1
                     continue
                 images_seen += outcome.images
-                if self.step % config.log_interval == 0 or self.step == config.max_steps:
+                last = self.step >= end or self.schedule.spent()
+                if last and self.step < end:
+                    self.callbacks.on_event(f"--time-budget of {config.time_budget:g} s used at step {self.step}: stopping")
+                if self.step % config.log_interval == 0 or last:
                     elapsed = time.perf_counter() - started
                     speed = images_seen / elapsed if elapsed > 0 else 0.0
                     lr = self.optimizer.param_groups[0]["lr"]
@@ -707,11 +770,13 @@ class _Run:
                     self.log({"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed, "data_wait": round(data_wait, 4)})
                     self.callbacks.on_step(self.step, loss, lr, speed)
                     started, images_seen, waited = time.perf_counter(), 0, waits.seconds
-                if self.step % config.val_interval == 0 or self.step == config.max_steps:
+                if self.step % config.val_interval == 0 or last:
                     self.validate()
                     self.model.train()
-                if self.step % config.save_interval == 0 or self.step == config.max_steps:
+                if self.step % config.save_interval == 0 or last:
                     self.save_resume()
+                if last:
+                    break
         except KeyboardInterrupt:
             interrupted = True
             self.save_resume()

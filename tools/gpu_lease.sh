@@ -14,17 +14,16 @@
 #      (tools/device_check.py: a failing one gets its fallback) and samples GPU use every 5 s;
 #      with DATA_SPEED_SECONDS=N, first times the data path and training steps apart (benchmarks/data_speed.py);
 #      times the recurrent layers against cuDNN's (benchmarks/rnn_speed.py, about 15 s; RNN_SPEED=0 skips it);
-#   2. probe: trains PROBE_SECONDS from INIT_FROM with the recipe, stops it (state saved) and
-#      reads the data rate off metrics.jsonl;
-#   3. resumes the same run with max_steps set so that the cosine schedule ends RESERVE seconds
-#      before LEASE_SECONDS (a SIGTERM at that point saves the state if the rate drops);
-#   4. validates the last checkpoint on both protocols, exports best and last as float16, and
+#   2. trains from INIT_FROM with the recipe and `--time-budget`: the cosine schedule ends, and the run stops,
+#      RESERVE seconds before LEASE_SECONDS, at whatever rate the lease reaches (leases 2-4 instead fitted max_steps to
+#      a 45-s probe, then resumed: lease 4's rate rose after its probe and it ended a minute early, and each resume
+#      lost about 20 s restarting); a SIGTERM at that point saves the state if anything runs late;
+#   3. validates the last checkpoint on both protocols, exports best and last as float16, and
 #      copies them with the logs to $OUT (the device tool brings that folder back).
-# The warm-up (300 steps) is independent of max_steps, so the probe's steps are part of the run.
-# TRAIN_ARGS adds `textrec train` options to both runs, e.g. vanilla gates over the refined recipe:
+# TRAIN_ARGS adds `textrec train` options to the run, e.g. vanilla gates over the refined recipe:
 #   TRAIN_ARGS="--refine none --refine-gates all --refine-init default --refine-bound none"
-# MAX_STEPS=N skips the probe and trains one run of exactly N steps' schedule (a twin of an earlier run,
-# with its INIT_FROM and SEED); it stops early, state saved, if the lease's time runs out first.
+# MAX_STEPS=N trains a schedule of exactly N steps instead (a twin of an earlier run, with its INIT_FROM and
+# SEED); it stops early, state saved, if the lease's time runs out first.
 # SEED: the run's seed. Synthetic samples, their scene parameters and the real data's order are functions of
 # (seed, step), and every lease starts again at step 0: with the recipe's one seed each lease would train on
 # the previous lease's images again, in the same order. So each lease draws its own seed (logged) unless
@@ -34,7 +33,6 @@ cd "$(dirname "$0")/.."
 T0=$(date +%s)
 LEASE_SECONDS=${LEASE_SECONDS:-570}
 RESERVE=${RESERVE:-45}  # lease 4's validation and export after training took 22 s
-PROBE_SECONDS=${PROBE_SECONDS:-45}
 RECIPE=${RECIPE:-checkpoints/model2.toml}
 INIT_FROM=${INIT_FROM:-checkpoints/default.safetensors}
 RUN=${RUN:-runs/lease}
@@ -88,39 +86,22 @@ fi
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
 EXTRA+=(--seed "$SEED")
 log "train options: ${EXTRA[*]}"
-if [ -n "${MAX_STEPS:-}" ]; then  # a fixed schedule (a twin of an earlier run): no probe, no fitting
-    log "fixed schedule: max_steps $MAX_STEPS from $INIT_FROM with $RECIPE"
-else
-    log "probe: ${PROBE_SECONDS}s of training from $INIT_FROM with $RECIPE"
-    timeout -s TERM -k 30 "$PROBE_SECONDS" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
-        --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --max-steps 100000 --output "$RUN" > "$OUT/train.log" 2>&1
-    PLAN=$(python3 - "$RUN" "$LEASE_SECONDS" "$RESERVE" "$(elapsed)" "${FALLBACK_RATE:-3500}" <<'EOF'
-import json, os, sys
-run, lease, reserve, now, fallback = sys.argv[1], *map(int, sys.argv[2:])
-path = os.path.join(run, "metrics.jsonl")
-records = [json.loads(line) for line in open(path) if line.strip()] if os.path.exists(path) else []
-speeds = [r["images_per_second"] for r in records if "images_per_second" in r]
-step = max((r["step"] for r in records), default=0)
-config = os.path.join(run, "config.json")
-batch = json.load(open(config))["batch_size"] if os.path.exists(config) else 256
-# steady state: the last intervals; without any (a probe that logged nothing), the fallback rate
-# (3 % below what the probe saw: leases 2 and 3 each ended about 2 % short of the fitted max_steps)
-rate = 0.97 * (sum(speeds[-3:]) / len(speeds[-3:]) if speeds else fallback) / batch
-restart = 15  # seconds the resumed run needs before its first step (workers, fonts, LMDBs)
-left = max(0, lease - reserve - now - restart)
-print(step + max(1, int(rate * left)), f"{rate * batch:.0f}", step)
-EOF
-    )
-    read -r MAX_STEPS RATE PROBE_STEP <<< "$PLAN"
-    log "probe reached step $PROBE_STEP at ${RATE} images/s; max_steps -> $MAX_STEPS"
-fi
-
+# Leave time for the interpreter, the model and the data to load before the budget's clock starts (about 10 s), and
+# for the last validation and save after it (a few s); the timeout below is the hard stop (SIGTERM saves the state).
+STARTUP=${STARTUP:-15}
 TRAIN_LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
 [ "$TRAIN_LEFT" -lt 1 ] && TRAIN_LEFT=1
-INIT=()
-[ -f "$RUN/resume.pt" ] || INIT=(--init-from "$INIT_FROM")  # the probe never saved: start here
-timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" "${INIT[@]}" --scene-device "$SCENE_DEVICE" --max-steps "$MAX_STEPS" \
-    --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --output "$RUN" >> "$OUT/train.log" 2>&1
+if [ -n "${MAX_STEPS:-}" ]; then  # a fixed schedule (a twin of an earlier run)
+    log "fixed schedule: max_steps $MAX_STEPS from $INIT_FROM with $RECIPE"
+    SCHEDULE=(--max-steps "$MAX_STEPS")
+else  # the cosine schedule ends when the budget is used, at whatever rate the lease reaches (textrec train --time-budget)
+    BUDGET=$(( TRAIN_LEFT - STARTUP ))
+    [ "$BUDGET" -lt 1 ] && BUDGET=1
+    log "time budget: ${BUDGET}s of training from $INIT_FROM with $RECIPE"
+    SCHEDULE=(--max-steps 10000000 --time-budget "$BUDGET")
+fi
+timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
+    "${SCHEDULE[@]}" --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --output "$RUN" > "$OUT/train.log" 2>&1
 log "training ended (exit $?)"
 
 textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --json "$OUT/val_last_36.json" >> "$OUT/lease.log" 2>&1
