@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -111,3 +113,40 @@ def test_the_twin_repeats_lease_3s_seed():
     assert int(seed) == RECIPE["seed"]
     script = (ROOT / "tools" / "gpu_lease.sh").read_text()
     assert 'SEED=${SEED:-$(( $(date +%s) % 1000000 ))}' in script and 'EXTRA+=(--seed "$SEED")' in script
+
+
+@pytest.mark.parametrize(
+    "agree,graphs,faster,printed,graph_checks",
+    [
+        (True, True, True, [], 1),  # everything works: no fallback
+        (True, True, False, ["TEXTREC_TRITON_RNN=0"], 2),  # kernels no faster with graphs: the graphs checked again without
+        (True, False, False, ["TEXTREC_CUDA_GRAPHS=0", "TEXTREC_TRITON_RNN=0"], 1),
+        (False, True, True, ["TEXTREC_TRITON_RNN=0"], 1),  # kernels wrong: never timed, the graphs checked without them
+    ],
+)
+def test_the_device_check_falls_back_from_the_kernels_and_graphs_in_order(
+    agree, graphs, faster, printed, graph_checks, monkeypatch, capsys
+):
+    """tools/device_check.recurrent_paths: the Triton step kernels are checked first, the graphs with whatever the
+    kernels' check left, and the kernels' speed as training will run (with the graphs if they work)."""
+    calls = []
+
+    def outcome(name, ok):
+        def check(*args, **kwargs):
+            calls.append((name, os.environ.get("TEXTREC_TRITON_RNN"), kwargs.get("graphs", args[2] if len(args) > 2 else None)))
+            if not ok:
+                raise RuntimeError(f"{name} failed")
+        return check
+
+    monkeypatch.delenv("TEXTREC_TRITON_RNN", raising=False)
+    monkeypatch.setattr(device_check, "kernels_agree", outcome("agree", agree))
+    monkeypatch.setattr(device_check, "graphs_agree", outcome("graphs", graphs))
+    monkeypatch.setattr(device_check, "kernels_faster", outcome("faster", faster))
+    device_check.recurrent_paths(SimpleNamespace(refine="add"), None, None)
+    assert [line for line in capsys.readouterr().out.splitlines()] == printed
+    assert sum(name == "graphs" for name, _, _ in calls) == graph_checks
+    timed = [c for c in calls if c[0] == "faster"]
+    assert timed == ([] if not agree else [("faster", None, graphs)])
+    if graph_checks == 2 or not agree:  # the graphs' last check ran without the kernels, as training then will
+        assert [c for c in calls if c[0] == "graphs"][-1][1] == "0"
+    monkeypatch.delenv("TEXTREC_TRITON_RNN", raising=False)

@@ -10,9 +10,10 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
   TRAIN_ARGS=           the recipe or $TRAIN_ARGS asks for other gates than the checkpoint's (--refine ...) and a
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
   TEXTREC_TRITON_RNN=0  training steps with the recurrent layer's Triton step kernels (textrec.nn.triton_steps)
-                        failed, did not give the torch ops' loss and gradients (1 % relative), or were slower:
-                        run each step's element-wise work as torch ops. Checked on the model to train (or the
-                        recipe's, as for the graphs below), before the graphs, which are then checked that way
+                        failed or did not give the torch ops' loss and gradients (1 % relative), checked before
+                        the graphs; or, timed after them as training will run (with the graphs if they work),
+                        were not faster: run each step's element-wise work as torch ops (the graphs are then
+                        checked again that way). On the model to train, or the recipe's as for the graphs below
   TEXTREC_CUDA_GRAPHS=0 training steps with CUDA graphs of textrec's own recurrent kernel
                         (textrec.nn.GraphedTraining) failed or did not give the plain steps' loss and gradients
                         (1 % relative), with batches finished in another thread meanwhile as --finish-ahead
@@ -103,18 +104,47 @@ def main() -> None:
     # them on the recipe's own model, so that every lease says whether they work (the line goes to the log).
     checked = trained if not CRNN(trained).sequence.has_torch_kernel else trained_config(checkpoint.model_config, recipe, "")
     if not CRNN(checked).sequence.has_torch_kernel:
-        try:
-            kernels_agree(checked, images)
+        # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
+        recurrent_paths(checked, images, lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True))
+
+
+def recurrent_paths(config: CRNNConfig, images, finish_meanwhile) -> None:
+    """Textrec's own recurrent kernel on the GPU: its Triton step kernels, then CUDA graphs, then whether the
+    kernels make steps faster as training will run them; each failure prints its fallback."""
+    kernels = True
+    try:
+        kernels_agree(config, images)
+    except Exception as error:  # noqa: BLE001
+        report("the recurrent layer's Triton step kernels failed or disagreed with the torch ops", error)
+        kernels = without_kernels()
+    graphs = graphs_work(config, images, finish_meanwhile)
+    if kernels:
+        try:  # timed as training will run: with the graphs if they work, when launches cost little either way
+            kernels_faster(config, images, graphs)
         except Exception as error:  # noqa: BLE001
-            report("the recurrent layer's Triton step kernels failed, disagreed or were slower", error)
-            print("TEXTREC_TRITON_RNN=0")
-            os.environ["TEXTREC_TRITON_RNN"] = "0"  # the graphs are checked as training will run
-        try:  # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
-            graphs_agree(checked, images, finish_meanwhile=lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True))
-            print(f"device check: CUDA graphs of the recurrent layer ({checked.refine} gates) agree with plain steps", file=sys.stderr)
-        except Exception as error:  # noqa: BLE001
-            report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
-            print("TEXTREC_CUDA_GRAPHS=0")
+            report("the Triton step kernels made training steps no faster", error)
+            without_kernels()
+            if graphs:  # they were checked with the kernels: again without
+                graphs_work(config, images, finish_meanwhile)
+
+
+def without_kernels() -> bool:
+    """The fallback to the torch ops, for the shell and for the rest of this check."""
+    print("TEXTREC_TRITON_RNN=0")
+    os.environ["TEXTREC_TRITON_RNN"] = "0"
+    return False
+
+
+def graphs_work(config: CRNNConfig, images, finish_meanwhile) -> bool:
+    """`graphs_agree`, with its fallback printed when it raises."""
+    try:
+        graphs_agree(config, images, finish_meanwhile=finish_meanwhile)
+    except Exception as error:  # noqa: BLE001
+        report("training steps with CUDA graphs of the recurrent layer failed or disagreed", error)
+        print("TEXTREC_CUDA_GRAPHS=0")
+        return False
+    print(f"device check: CUDA graphs of the recurrent layer ({config.refine} gates) agree with plain steps", file=sys.stderr)
+    return True
 
 
 def ahead_agrees(finisher: Finisher, raw, steps: int = 4) -> None:
@@ -139,10 +169,11 @@ def training_step(model, images) -> None:
     assert torch.isfinite(loss)
 
 
-def kernels_agree(config: CRNNConfig, images, repeats: int = 5) -> None:
+def kernels_agree(config: CRNNConfig, images, repeats: int = 3) -> None:
     """Raises unless training steps with the Triton step kernels (`textrec.nn.triton_steps`) give the loss and
-    gradients of the same steps with the torch ops, and take less time. Random weights, the short connection's
-    projections included (a start-as-vanilla one would be zero and hide its terms)."""
+    gradients of the same steps with the torch ops (1 % relative). Random weights, the short connection's
+    projections included (a start-as-vanilla one would be zero and hide its terms). Logs both paths' step times
+    op by op; `kernels_faster` decides on speed."""
     from textrec.nn import triton_steps
 
     if not triton_steps.applies(images.float()):
@@ -152,31 +183,56 @@ def kernels_agree(config: CRNNConfig, images, repeats: int = 5) -> None:
     with torch.no_grad():
         for weight in model.sequence.short_connection_weights():
             weight.uniform_(-0.1, 0.1)
-    # CUDA on the lease; the tests run the same check on the CPU under Triton's interpreter
-    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     results, seconds = {}, {}
     with tensor_core_matmuls(images.device), _restored_env("TEXTREC_TRITON_RNN"):
         for kernels in ("1", "0", "1", "0"):  # warm-up (and Triton's compiling), then the timed rounds
             os.environ["TEXTREC_TRITON_RNN"] = kernels
-            sync()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model.zero_grad(set_to_none=True)
-                with torch.autocast(images.device.type, enabled=images.is_cuda):
-                    logits = model(images)
-                loss = logits.float().log_softmax(2).mean()
-                loss.backward()
-            sync()
-            seconds[kernels] = (time.perf_counter() - start) / repeats
-            results[kernels] = [loss.detach()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+            seconds[kernels], loss = _seconds_per_step(model, images, repeats)
+            results[kernels] = [loss] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
     names = ["loss"] + [name for name, _ in model.named_parameters()]
     differ = [n for n, a, b in zip(names, results["0"], results["1"]) if (a - b).norm() > 1e-2 * a.norm() + 1e-6]
     if differ:
         raise AssertionError(f"{len(differ)} of {len(names)} differ, first {differ[0]}")
-    ms = f"{seconds['1'] * 1e3:.1f} ms per training step of {len(images)} images against {seconds['0'] * 1e3:.1f} ms"
+    print(f"device check: the Triton step kernels agree with the torch ops (op by op: {_times(seconds, images)})", file=sys.stderr)
+
+
+def kernels_faster(config: CRNNConfig, images, graphs: bool, repeats: int = 5) -> None:
+    """Raises unless training steps take less time with the Triton step kernels than with the torch ops, timed
+    as training runs them: with CUDA graphs of the recurrent layer when `graphs`."""
+    seconds = {}
+    with tensor_core_matmuls(images.device), _restored_env("TEXTREC_TRITON_RNN"):
+        for kernels in ("1", "0"):
+            os.environ["TEXTREC_TRITON_RNN"] = kernels
+            torch.manual_seed(0)
+            model = CRNN(config).to(images.device).train()
+            if graphs:
+                GraphedTraining(model.sequence)
+            _seconds_per_step(model, images, 2)  # compiling, capturing
+            seconds[kernels] = _seconds_per_step(model, images, repeats)[0]
+    times = f"{_times(seconds, images)}, {'with' if graphs else 'without'} CUDA graphs"
     if seconds["1"] >= seconds["0"]:
-        raise RuntimeError(f"slower: {ms}")
-    print(f"device check: the Triton step kernels agree with the torch ops; {ms}", file=sys.stderr)
+        raise RuntimeError(f"slower: {times}")
+    print(f"device check: the Triton step kernels make training steps faster ({times})", file=sys.stderr)
+
+
+def _seconds_per_step(model, images, repeats: int) -> tuple[float, torch.Tensor]:
+    """Mean seconds of `repeats` training steps (forward, a loss, backward; no update), the device synchronised,
+    and the last step's loss."""
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)  # the tests run this on the CPU
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(images.device.type, enabled=images.is_cuda):
+            logits = model(images)
+        loss = logits.float().log_softmax(2).mean()
+        loss.backward()
+    sync()
+    return (time.perf_counter() - start) / repeats, loss.detach()
+
+
+def _times(seconds: dict, images) -> str:
+    return f"{seconds['1'] * 1e3:.1f} ms per training step of {len(images)} images with them, {seconds['0'] * 1e3:.1f} ms without"
 
 
 @contextlib.contextmanager

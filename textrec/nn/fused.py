@@ -11,7 +11,9 @@ What makes it fast on CPU (where per-op dispatch and memory traffic dominate):
   and without gradients reuse one scratch buffer per quantity instead of keeping T;
 * the backward is written by hand: per step only the few ops the recurrence forces
   (about six), the per-step factors (σ', products of saved activations) computed for all
-  steps at once and in place, and every weight gradient in one product afterwards.
+  steps at once and in place, and every weight gradient in one product afterwards;
+* on CUDA the LSTM's per-step element-wise work is one Triton kernel each way
+  (``triton_steps.py``: a GPU is bound by the launches, not by this arithmetic).
 
 Everything here is checked against the step-by-step path in ``cells.py`` by the tests
 (values, gradients, ``gradcheck`` in float64).
@@ -247,7 +249,7 @@ class LSTMRecurrence(torch.autograd.Function):
         dA3_s = [t.view(D, B, 3, H) for t in dA[..., : 3 * H].unbind(1)]
         if kernels:
             # One kernel and one product per step (triton_steps.py); dc is carried in a buffer of its own.
-            dc = d_cn.contiguous().clone()
+            dc = d_cn.clone(memory_format=torch.contiguous_format)
             dh_rec = None
             d_h_s = d_h_s if d_hf.stride(-1) == 1 else d_hf[:, 1:].contiguous().unbind(1)
             K_s = K.unbind(1)
