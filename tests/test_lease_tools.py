@@ -138,7 +138,10 @@ def test_the_device_check_falls_back_from_the_kernels_and_graphs_in_order(
                 raise RuntimeError(f"{name} failed")
         return check
 
-    monkeypatch.delenv("TEXTREC_TRITON_RNN", raising=False)
+    # unset for the check; setenv first so that the value the check exports is undone afterwards (delenv of an
+    # unset variable records nothing to restore)
+    monkeypatch.setenv("TEXTREC_TRITON_RNN", "1")
+    monkeypatch.delenv("TEXTREC_TRITON_RNN")
     monkeypatch.setattr(device_check, "kernels_agree", outcome("agree", agree))
     monkeypatch.setattr(device_check, "graphs_agree", outcome("graphs", graphs))
     monkeypatch.setattr(device_check, "kernels_faster", outcome("faster", faster))
@@ -149,4 +152,3 @@ def test_the_device_check_falls_back_from_the_kernels_and_graphs_in_order(
     assert timed == ([] if not agree else [("faster", None, graphs)])
     if graph_checks == 2 or not agree:  # the graphs' last check ran without the kernels, as training then will
         assert [c for c in calls if c[0] == "graphs"][-1][1] == "0"
-    monkeypatch.delenv("TEXTREC_TRITON_RNN", raising=False)

@@ -200,9 +200,9 @@ def test_the_loop_counts_the_time_it_waits_for_batches():
     assert taken == [0, 1, 2] and 0.06 <= waits.seconds < 0.09 + 0.05
 
 
-def test_the_optimizer_is_fused_on_cuda_only():
+def test_the_optimizer_is_fused_on_cuda_only(monkeypatch):
     """On CUDA AdamW runs its fused kernel (no per-step wait on the host for the overflow check of the GradScaler);
-    elsewhere torch's default implementation."""
+    elsewhere, or with TEXTREC_FUSED_ADAMW=0, torch's default implementation."""
     import torch
 
     from textrec.train import adamw
@@ -210,6 +210,8 @@ def test_the_optimizer_is_fused_on_cuda_only():
     weights = [torch.nn.Parameter(torch.zeros(3))]
     assert adamw(weights, 1e-3, torch.device("cuda")).defaults["fused"] is True
     assert adamw(weights, 1e-3, torch.device("cpu")).defaults["fused"] is None
+    monkeypatch.setenv("TEXTREC_FUSED_ADAMW", "0")
+    assert adamw(weights, 1e-3, torch.device("cuda")).defaults["fused"] is None
 
 
 def test_a_time_budget_ends_the_schedule_and_the_run_and_carries_over_a_resume(word_set, tmp_path, monkeypatch):

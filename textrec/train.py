@@ -284,8 +284,10 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 def adamw(params, lr: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW as training runs it. On CUDA its fused kernel: a few launches for all weights instead of a few per
-    weight, and with a GradScaler no wait for the host to read whether the gradients overflowed."""
-    return torch.optim.AdamW(params, lr=lr, fused=True if device.type == "cuda" else None)
+    weight, and with a GradScaler no wait for the host to read whether the gradients overflowed.
+    TEXTREC_FUSED_ADAMW=0 keeps torch's default (the lease script's retry after a failure does)."""
+    fused = device.type == "cuda" and os.environ.get("TEXTREC_FUSED_ADAMW", "1") != "0"
+    return torch.optim.AdamW(params, lr=lr, fused=True if fused else None)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

@@ -17,7 +17,8 @@
 #   2. trains from INIT_FROM with the recipe and `--time-budget`: the cosine schedule ends, and the run stops,
 #      RESERVE seconds before LEASE_SECONDS, at whatever rate the lease reaches (leases 2-4 instead fitted max_steps to
 #      a 45-s probe, then resumed: lease 4's rate rose after its probe and it ended a minute early, and each resume
-#      lost about 20 s restarting); a SIGTERM at that point saves the state if anything runs late;
+#      lost about 20 s restarting); a SIGTERM at that point saves the state if anything runs late. A run that
+#      fails gets one more try, if a minute is left, with every GPU speed path off (the retry's "fallback" lines);
 #   3. validates the last checkpoint on both protocols, exports best and last as float16, and
 #      copies them with the logs to $OUT (the device tool brings that folder back).
 # TRAIN_ARGS adds `textrec train` options to the run, e.g. vanilla gates over the refined recipe:
@@ -100,9 +101,27 @@ else  # the cosine schedule ends when the budget is used, at whatever rate the l
     log "time budget: ${BUDGET}s of training from $INIT_FROM with $RECIPE"
     SCHEDULE=(--max-steps 10000000 --time-budget "$BUDGET")
 fi
-timeout -s TERM -k 30 "$TRAIN_LEFT" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
-    "${SCHEDULE[@]}" --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --output "$RUN" > "$OUT/train.log" 2>&1
-log "training ended (exit $?)"
+train_run() {  # the same command resumes the run if it saved before stopping (the time budget carries over)
+    timeout -s TERM -k 30 "$1" python3 -m cli.main train --config "$RECIPE" --init-from "$INIT_FROM" --scene-device "$SCENE_DEVICE" \
+        "${SCHEDULE[@]}" --finish-ahead "$FINISH_AHEAD" "${EXTRA[@]}" --output "$RUN" >> "$OUT/train.log" 2>&1
+}
+train_run "$TRAIN_LEFT"
+STATUS=$?
+log "training ended (exit $STATUS)"
+# A run that failed (not one stopped by the timeout, 124) gets one more try on the plainest GPU paths, if a minute is
+# left: a fault in a path the device check passed must not cost the lease.
+LEFT=$(( LEASE_SECONDS - RESERVE - $(elapsed) ))
+if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 124 ] && [ "$LEFT" -gt 60 ]; then
+    for setting in FINISH_AHEAD=0 TEXTREC_TRITON_RNN=0 TEXTREC_CUDA_GRAPHS=0 TEXTREC_FUSED_ADAMW=0; do
+        export "$setting"; log "retry fallback: $setting"
+    done
+    if [ -z "${MAX_STEPS:-}" ] && [ ! -f "$RUN/resume.pt" ]; then  # nothing saved: a fresh run, with the time left
+        SCHEDULE=(--max-steps 10000000 --time-budget "$(( LEFT - STARTUP ))")
+        log "retry time budget: $(( LEFT - STARTUP ))s"
+    fi  # (a saved run resumes with its budget; the timeout stops it, state saved, if the restart made it late)
+    train_run "$LEFT"
+    log "training ended again (exit $?)"
+fi
 
 textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --json "$OUT/val_last_36.json" >> "$OUT/lease.log" 2>&1
 textrec eval --checkpoint "$RUN/last.safetensors" --data data/gpu/real_val --protocol 62 --json "$OUT/val_last_62.json" >> "$OUT/lease.log" 2>&1
