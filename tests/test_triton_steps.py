@@ -64,7 +64,9 @@ SPECIALIZATIONS = [
     ("lstm_forward_step", dict(REF_I=False, REF_F=True, REF_O=False, MUL=True)),
     ("lstm_backward_step", dict(HAS_REC=True)),
     ("lstm_backward_step", dict(HAS_REC=False)),
-]
+    ("lstm_forward_step", dict(REF_I=True, REF_F=False, REF_O=True, MUL=False, float64=True)),  # float64 layers
+    ("lstm_backward_step", dict(HAS_REC=True, float64=True)),
+]  # "float64": pointers and arithmetic in float64 (not a kernel argument)
 
 
 @NO_TRITON
@@ -78,10 +80,13 @@ def test_kernels_compile_for_a_gpu(kernel, constants):
     from textrec.nn import triton_kernels
 
     fn = getattr(triton_kernels, kernel)
-    constants = dict(constants, ACC=tl.float32, BLOCK=triton_steps._BLOCK)
+    wide = constants.get("float64", False)
+    constants = {k: v for k, v in constants.items() if k != "float64"}
+    constants.update(ACC=tl.float64 if wide else tl.float32, BLOCK=triton_steps._BLOCK)
     ints = {"n", "B", "H"}
+    pointer = "*fp64" if wide else "*fp32"
     signature = {
-        p.name: "constexpr" if p.is_constexpr else "i32" if (p.name in ints or p.name.startswith("s_")) else "*fp32"
+        p.name: "constexpr" if p.is_constexpr else "i32" if (p.name in ints or p.name.startswith("s_")) else pointer
         for p in fn.params
     }
     assert {n for n, kind in signature.items() if kind == "constexpr"} == set(constants)
