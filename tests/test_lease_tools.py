@@ -152,3 +152,9 @@ def test_the_device_check_falls_back_from_the_kernels_and_graphs_in_order(
     assert timed == ([] if not agree else [("faster", None, graphs)])
     if graph_checks == 2 or not agree:  # the graphs' last check ran without the kernels, as training then will
         assert [c for c in calls if c[0] == "graphs"][-1][1] == "0"
+
+
+def test_the_device_check_times_the_kernels_at_the_training_batch_size():
+    assert device_check.training_batch(RECIPE, "") == RECIPE["batch_size"] == 1024
+    assert device_check.training_batch(RECIPE, "--batch-size 2048 --seed 3") == 2048  # the next lease's TRAIN_ARGS
+    assert device_check.training_batch({}, "") == 64  # textrec train's default

@@ -11,8 +11,8 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
                         training step of the checkpoint turned into that model failed: drop TRAIN_ARGS
   TEXTREC_TRITON_RNN=0  training steps with the recurrent layer's Triton step kernels (textrec.nn.triton_steps)
                         failed or did not give the torch ops' loss and gradients (1 % relative), checked before
-                        the graphs; or, timed after them as training will run (with the graphs if they work),
-                        were not faster: run each step's element-wise work as torch ops (the graphs are then
+                        the graphs; or, timed after them as training will run (with the graphs if they work, at
+                        the training's batch size), were not faster: run each step's element-wise work as torch ops (the graphs are then
                         checked again that way). On the model to train, or the recipe's as for the graphs below
   TEXTREC_CUDA_GRAPHS=0 training steps with CUDA graphs of textrec's own recurrent kernel
                         (textrec.nn.GraphedTraining) failed or did not give the plain steps' loss and gradients
@@ -104,13 +104,17 @@ def main() -> None:
     # them on the recipe's own model, so that every lease says whether they work (the line goes to the log).
     checked = trained if not CRNN(trained).sequence.has_torch_kernel else trained_config(checkpoint.model_config, recipe, "")
     if not CRNN(checked).sequence.has_torch_kernel:
+        # the speed test at the batch size training will use (the check's 64 images, repeated)
+        size = training_batch(recipe, os.environ.get("TRAIN_ARGS", ""))
+        full = images.repeat(-(-size // len(images)), 1, 1, 1)[:size]
         # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
-        recurrent_paths(checked, images, lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True))
+        recurrent_paths(checked, images, lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True), full)
 
 
-def recurrent_paths(config: CRNNConfig, images, finish_meanwhile) -> None:
+def recurrent_paths(config: CRNNConfig, images, finish_meanwhile, full_batch=None) -> None:
     """Textrec's own recurrent kernel on the GPU: its Triton step kernels, then CUDA graphs, then whether the
-    kernels make steps faster as training will run them; each failure prints its fallback."""
+    kernels make steps faster as training will run them (on `full_batch`, a batch of the training's size, where
+    given); each failure prints its fallback."""
     kernels = True
     try:
         kernels_agree(config, images)
@@ -120,7 +124,7 @@ def recurrent_paths(config: CRNNConfig, images, finish_meanwhile) -> None:
     graphs = graphs_work(config, images, finish_meanwhile)
     if kernels:
         try:  # timed as training will run: with the graphs if they work, when launches cost little either way
-            kernels_faster(config, images, graphs)
+            kernels_faster(config, images if full_batch is None else full_batch, graphs)
         except Exception as error:  # noqa: BLE001
             report("the Triton step kernels made training steps no faster", error)
             without_kernels()
@@ -347,6 +351,13 @@ def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNCon
         config, refine=options.get("refine", "none"), refine_gates=tuple(gates) or None,
         refine_init=options.get("refine_init", "default"), refine_bound=options.get("refine_bound", "none"),
     )
+
+
+def training_batch(recipe: dict, train_args: str) -> int:
+    """The batch size `textrec train --config RECIPE $TRAIN_ARGS` trains with (the command line's wins)."""
+    words = shlex.split(train_args)
+    sizes = [words[i + 1] for i in range(len(words) - 1) if words[i] == "--batch-size"]
+    return int(sizes[-1] if sizes else recipe.get("batch_size", 64))
 
 
 def crop_for_check(source: SynthSource, finisher: Finisher):
