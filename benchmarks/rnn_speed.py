@@ -23,7 +23,7 @@ Training steps of our own kernel replay CUDA graphs there, as in `textrec train`
 `--no-graphs` times them launched op by op. Vanilla layers run cuDNN there, as in training ("none (cuDNN)");
 "none (own kernel)" is the same layer through textrec's kernel, and every LSTM of our kernel is timed twice:
 each step's element-wise work as one Triton kernel (`textrec.nn.triton_steps`, the default on CUDA) and, in
-the rows "... -ops", as torch ops.
+the rows "... (torch ops)" (JSON keys "...-ops"), as torch ops.
 """
 
 from __future__ import annotations
