@@ -181,6 +181,8 @@ def train(
         if len(sys.argv) < 2 or sys.argv[1] != "train":
             fail("--nproc-per-node needs the command line `textrec train ...`; or start torchrun yourself (docs/scale.md)")
         check_batch_split(values["batch_size"], nproc)  # one error line, not one per process
+        if values["time_budget"] is not None:
+            fail("--time-budget trains in one process: the ranks' clocks would stop them at different steps")
         args = without_option(sys.argv[2:], "--nproc-per-node")
         raise typer.Exit(launch(torchrun_command(nproc, ["-m", "cli.main", "train", *args])))
     gates = values.pop("refine_gates")

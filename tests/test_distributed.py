@@ -122,3 +122,8 @@ def test_nproc_per_node_relaunches_through_torchrun(monkeypatch, tmp_path):
     args[-1] = "9"  # the global batch must split evenly
     monkeypatch.setattr(sys, "argv", ["textrec", *args])
     assert_one_clear_line(invoke(*args), "--batch-size 9 is the global batch", "(2)")
+    args[-1] = "8"  # a time budget runs in one process: refused before anything is launched
+    args += ["--time-budget", "60"]
+    monkeypatch.setattr(sys, "argv", ["textrec", *args])
+    assert_one_clear_line(invoke(*args), "--time-budget trains in one process")
+    assert len(launched) == 1
