@@ -162,12 +162,20 @@ def ahead_agrees(finisher: Finisher, raw, steps: int = 4) -> None:
     torch.cuda.synchronize()
 
 
-def training_step(model, images) -> None:
-    optimizer = adamw(model.parameters(), 1e-6, images.device)  # as training builds it
-    with torch.autocast("cuda"):
+def backward(model, images) -> torch.Tensor:
+    """Forward (under autocast on CUDA, as training runs it), a loss that reaches every output, and its backward
+    from fresh gradients: the step every check here compares or times. Returns the loss."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, enabled=images.is_cuda):
         logits = model(images)
     loss = logits.float().log_softmax(2).mean()
     loss.backward()
+    return loss.detach()
+
+
+def training_step(model, images) -> None:
+    optimizer = adamw(model.parameters(), 1e-6, images.device)  # as training builds it
+    loss = backward(model, images)
     optimizer.step()
     torch.cuda.synchronize()
     assert torch.isfinite(loss)
@@ -226,13 +234,9 @@ def _seconds_per_step(model, images, repeats: int) -> tuple[float, torch.Tensor]
     sync()
     start = time.perf_counter()
     for _ in range(repeats):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(images.device.type, enabled=images.is_cuda):
-            logits = model(images)
-        loss = logits.float().log_softmax(2).mean()
-        loss.backward()
+        loss = backward(model, images)
     sync()
-    return (time.perf_counter() - start) / repeats, loss.detach()
+    return (time.perf_counter() - start) / repeats, loss
 
 
 def _times(seconds: dict, images) -> str:
@@ -267,12 +271,7 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: C
         for _ in range(steps):
             results = []
             for model in (plain, graphed):
-                model.zero_grad(set_to_none=True)
-                with torch.autocast("cuda"):
-                    logits = model(images)
-                loss = logits.float().log_softmax(2).mean()
-                loss.backward()
-                results.append([loss.detach()] + [p.grad for p in model.parameters()])
+                results.append([backward(model, images)] + [p.grad for p in model.parameters()])
             differ = []
             for (name, _), a, b in zip([("loss", None), *plain.named_parameters()], results[0], results[1]):
                 # TF32 products may pick other algorithms inside a capture: allow their rounding, not a wrong gradient

@@ -242,11 +242,7 @@ class LSTMRecurrence(torch.autograd.Function):
         d_proj = S.new_empty(D, T, B, N)
         dA = d_proj[..., :G]
         DC, DH = S.new_empty(D, T, B, H), S.new_empty(D, T, B, H)
-        d_h_s, DC_s, DH_s, P_s, f_s, dA_s, K_o_s, dA_o_s = (
-            t.unbind(1) for t in (d_hf[:, 1:], DC, DH, P, f, dA, K_o, _block(dA, 3, H))
-        )
-        K3_s = [t.view(D, B, 3, H) for t in K[..., : 3 * H].unbind(1)]
-        dA3_s = [t.view(D, B, 3, H) for t in dA[..., : 3 * H].unbind(1)]
+        d_h_s, DC_s, DH_s, P_s, f_s, dA_s = (t.unbind(1) for t in (d_hf[:, 1:], DC, DH, P, f, dA))
         if kernels:
             # One kernel and one product per step (triton_steps.py); dc is carried in a buffer of its own.
             dc = d_cn.clone(memory_format=torch.contiguous_format)
@@ -257,7 +253,7 @@ class LSTMRecurrence(torch.autograd.Function):
                 triton_steps.lstm_backward_step(d_h_s[s], dh_rec, dc, P_s[s], K_s[s], f_s[s], DH_s[s], DC_s[s], dA_s[s])
                 dh_rec = torch.bmm(dA_s[s], w_hh)
         else:
-            dc, dh_rec = _lstm_backward_ops(d_cn, d_h_s, DH_s, DC_s, P_s, K3_s, dA3_s, K_o_s, dA_o_s, dA_s, f_s, w_hh)
+            dc, dh_rec = _lstm_backward_ops(d_cn, d_h_s, DH_s, DC_s, P_s, K, dA, f_s, w_hh)
         dh0 = dh_rec + d_hf[:, 0]
         h_prev = Hf[:, :-1].reshape(D, T * B, H)
         d_w_t = torch.bmm(h_prev.transpose(1, 2), dA.reshape(D, T * B, G))
@@ -271,10 +267,15 @@ class LSTMRecurrence(torch.autograd.Function):
         return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
 
 
-def _lstm_backward_ops(dc, d_h_s, DH_s, DC_s, P_s, K3_s, dA3_s, K_o_s, dA_o_s, dA_s, f_s, w_hh):
+def _lstm_backward_ops(dc, d_h_s, DH_s, DC_s, P_s, K, dA, f_s, w_hh):
     """The backward's loop in torch ops (six per step): returns the gradients of c0 and, through W_hh, of h0."""
+    D, T, B, G = K.shape
+    H = G // 4
+    K3_s = [t.view(D, B, 3, H) for t in K[..., : 3 * H].unbind(1)]
+    dA3_s = [t.view(D, B, 3, H) for t in dA[..., : 3 * H].unbind(1)]
+    K_o_s, dA_o_s, dA_s = _block(K, 3, H).unbind(1), _block(dA, 3, H).unbind(1), dA.unbind(1)
     dh_rec = None
-    for s in range(len(d_h_s) - 1, -1, -1):
+    for s in range(T - 1, -1, -1):
         dh = DH_s[s]
         if dh_rec is None:
             dh.copy_(d_h_s[s])

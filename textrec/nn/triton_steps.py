@@ -34,6 +34,16 @@ def _installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def _triton():
+    """The kernels' module and triton.language, imported once, when a step first runs."""
+    import triton.language as tl
+
+    from . import triton_kernels
+
+    return triton_kernels, tl
+
+
 def applies(t: Tensor) -> bool:
     """Whether the per-step kernels run for tensors like ``t``: on CUDA (or on the CPU under
     Triton's interpreter), float32/float64, Triton present, not turned off."""
@@ -59,15 +69,13 @@ def _launch(kernel, n: int, *args, **meta) -> None:
 
 def _acc(t: Tensor):
     """The precision the kernels compute in: float64 for float64 tensors (the gradient checks), else float32."""
-    from triton import language as tl
-
+    tl = _triton()[1]
     return tl.float64 if t.element_size() == 8 else tl.float32
 
 
 def lstm_forward_step(xg, hw, r, S, V, c_prev, c, tc, h, refined_blocks: tuple[int, ...], refine: str) -> None:
     """One forward step into the given (D, B, ·) views; ``refined_blocks`` ⊆ {0, 1, 3} (i, f, o)."""
-    from .triton_kernels import lstm_forward_step as kernel
-
+    kernel = _triton()[0].lstm_forward_step
     D, B, G = hw.shape
     H = G // 4
     n = D * B * H
@@ -82,8 +90,7 @@ def lstm_forward_step(xg, hw, r, S, V, c_prev, c, tc, h, refined_blocks: tuple[i
 
 def lstm_backward_step(d_h, rec, dc_carry, P, K, f, dh, dc, dA) -> None:
     """One backward step into the given (D, B, ·) views; ``dc_carry`` (contiguous) is updated in place."""
-    from .triton_kernels import lstm_backward_step as kernel
-
+    kernel = _triton()[0].lstm_backward_step
     D, B, H = dh.shape
     n = D * B * H
     if not dc_carry.is_contiguous():
