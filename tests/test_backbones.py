@@ -15,7 +15,8 @@ from textrec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textrec.data.images import Preprocess
 from textrec.errors import CheckpointError, ConfigError
 from textrec.model import CRNN, CRNNConfig
-from textrec.model.backbones import RESNET_CHANNELS, ResNet, VGG
+from textrec.model import backbones
+from textrec.model.backbones import RESNET_CHANNELS, MaxPool, ResNet, VGG, strided_max_pool
 from textrec.predict import Recognizer
 from textrec.train import TrainConfig, train
 
@@ -101,3 +102,52 @@ def test_the_cli_takes_the_backbone_and_its_default_widths(tmp_path):
     result = invoke(*common[:-2], "--batch-size", 2, "--output", tmp_path / "default", "--backbone", "resnet")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "default" / "last.safetensors").model_config.channels == RESNET_CHANNELS
+
+
+POOLS = [((2, 2), (0, 0)), ((2, 1), (0, 1))]  # the two pools of both backbones
+
+
+@pytest.mark.parametrize("stride, padding", POOLS)
+@pytest.mark.parametrize("shape", [(1, 3, 32, 128), (2, 5, 8, 33), (3, 2, 4, 7), (1, 1, 2, 2), (2, 4, 3, 5)])
+def test_the_strided_max_pool_equals_torchs_kernel(stride, padding, shape):
+    x = torch.randn(shape)
+    x[..., 0, 0] = float("-inf")
+    if shape[-1] > 3:
+        x[0, 0, 1, 3] = float("nan")  # propagates in both
+    expected = torch.nn.functional.max_pool2d(x, 2, stride, padding)
+    got = strided_max_pool(x, stride, padding)
+    assert got.shape == expected.shape
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
+def test_the_pool_takes_the_fast_path_only_for_cpu_reads(monkeypatch):
+    pool = MaxPool(stride=(2, 1), padding=(0, 1))
+    calls = []
+    monkeypatch.setattr(backbones, "strided_max_pool", lambda *a: calls.append(1) or strided_max_pool(*a))
+    x = torch.randn(2, 3, 8, 20)
+    with torch.no_grad():
+        read = pool(x)
+    assert calls == [1] and torch.equal(read, torch.nn.functional.max_pool2d(x, 2, (2, 1), (0, 1)))
+    # training: torch's kernel, whose backward gives each window's gradient to one input
+    x.requires_grad_(True)
+    pool(x).sum().backward()
+    assert calls == [1] and x.grad.sum().item() == pytest.approx(2 * 3 * 4 * 21)
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0, 2.0}
+    with torch.no_grad():  # a traced graph (what the ONNX exporter records) keeps torch's operator
+        assert "max_pool2d" in str(torch.jit.trace(pool, torch.randn(1, 1, 4, 6)).graph)
+    with pytest.raises(RuntimeError):  # too small for the window: torch's own error
+        with torch.no_grad():
+            pool(torch.randn(1, 1, 1, 5))
+
+
+@pytest.mark.parametrize("backbone", ["vgg", "resnet"])
+def test_a_model_reads_the_same_with_either_pool(monkeypatch, backbone):
+    channels = (4, 4, 8, 8, 8, 8, 16) if backbone == "vgg" else SMALL_RESNET
+    model = CRNN(CRNNConfig(num_classes=5, backbone=backbone, channels=channels, hidden_size=8)).eval()
+    images = torch.randn(3, 1, 32, 77)
+    with torch.inference_mode():
+        fast = model(images)
+        monkeypatch.setattr(backbones, "strided_max_pool", lambda x, *_: pytest.fail("fast path taken"))
+        monkeypatch.setattr(MaxPool, "forward", torch.nn.MaxPool2d.forward)
+        assert torch.equal(fast, model(images))

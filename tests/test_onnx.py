@@ -92,6 +92,8 @@ def test_the_graph_carries_charset_preprocessing_and_calibration(tmp_path):
     assert invoke("export", source, tmp_path / "model.onnx").exit_code == 0
     graph = onnx.load(str(tmp_path / "model.onnx"))
     onnx.checker.check_model(graph)
+    # the backbone's pools export as ONNX MaxPool, not as the strided maxima that CPU reads take
+    assert sum(node.op_type == "MaxPool" for node in graph.graph.node) == 4
     assert {p.key: json.loads(p.value) for p in graph.metadata_props}["blank_index"] == 0  # every value a JSON text
     (images,), (logits,) = graph.graph.input, graph.graph.output
     assert [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim] == ["batch", 1, 32, "width"]

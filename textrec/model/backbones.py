@@ -6,6 +6,9 @@ so the recurrent layers, the CTC head and the frame budget of the labels are the
 
 from __future__ import annotations
 
+import sys
+
+import torch
 from torch import nn
 
 # Output channels of the seven convolutions of the CRNN paper's VGG (Shi et al. 2015).
@@ -15,6 +18,54 @@ VGG_CHANNELS = (64, 128, 256, 256, 512, 512, 512)
 RESNET_CHANNELS = (128, 256, 512, 512)
 # Residual blocks per stage, as there.
 RESNET_BLOCKS = (1, 2, 5, 3)
+
+
+class MaxPool(nn.MaxPool2d):
+    """`nn.MaxPool2d` with a 2x2 window that, when no gradient is needed on the CPU, takes the maxima of
+    strided views (two `torch.maximum` calls) instead of torch's pooling kernel.
+
+    The values are the same (padding is -inf, as the kernel's; NaN propagates in both), but at these
+    shapes torch's CPU max-pool (NCHW, with indices) is about ten times slower: at batch 1 the VGG's four
+    pools took 1.3 ms of a 16-ms read (`benchmarks/pool_speed.py`). Training keeps the kernel, whose
+    backward sends each gradient to one input (`torch.maximum` splits it between ties); so do CUDA and the
+    ONNX exporter, which has a MaxPool operator.
+    """
+
+    def __init__(self, stride: int | tuple[int, int] = 2, padding: int | tuple[int, int] = 0):
+        super().__init__(kernel_size=2, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type != "cpu"
+            or (x.requires_grad and torch.is_grad_enabled())
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or _exporting_onnx()
+            or min(x.shape[-2:]) < 2  # too small for a 2x2 window: the kernel says so
+        ):
+            return super().forward(x)
+        return strided_max_pool(x, _pair(self.stride), _pair(self.padding))
+
+
+def _exporting_onnx() -> bool:
+    # Without an export under way torch.onnx may not even be imported; importing it just to ask costs ~25 ms.
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def strided_max_pool(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """2x2 max pooling (no dilation, floor mode) of a (..., H, W) tensor as maxima of strided views."""
+    (s_h, s_w), (p_h, p_w) = stride, padding
+    if p_h or p_w:
+        x = nn.functional.pad(x, (p_w, p_w, p_h, p_h), value=float("-inf"))
+    rows = (x.shape[-2] - 2) // s_h + 1
+    x = torch.maximum(x[..., 0 : (rows - 1) * s_h + 1 : s_h, :], x[..., 1 : (rows - 1) * s_h + 2 : s_h, :])
+    cols = (x.shape[-1] - 2) // s_w + 1
+    return torch.maximum(x[..., 0 : (cols - 1) * s_w + 1 : s_w], x[..., 1 : (cols - 1) * s_w + 2 : s_w])
 
 
 def _conv(c_in: int, c_out: int, kernel: int = 3, padding: int = 1) -> list[nn.Module]:
@@ -34,12 +85,11 @@ class VGG(nn.Module):
         if len(channels) != 7:
             raise ValueError(f"VGG needs 7 channel widths, got {len(channels)}")
         c = channels
-        narrow_pool = nn.MaxPool2d(kernel_size=2, stride=(2, 1), padding=(0, 1))
         layers = [
-            *_conv(in_channels, c[0]), nn.MaxPool2d(2, 2),
-            *_conv(c[0], c[1]), nn.MaxPool2d(2, 2),
-            *_conv(c[1], c[2]), *_conv(c[2], c[3]), narrow_pool,
-            *_conv(c[3], c[4]), *_conv(c[4], c[5]), nn.MaxPool2d(kernel_size=2, stride=(2, 1), padding=(0, 1)),
+            *_conv(in_channels, c[0]), MaxPool(2),
+            *_conv(c[0], c[1]), MaxPool(2),
+            *_conv(c[1], c[2]), *_conv(c[2], c[3]), MaxPool(stride=(2, 1), padding=(0, 1)),
+            *_conv(c[3], c[4]), *_conv(c[4], c[5]), MaxPool(stride=(2, 1), padding=(0, 1)),
             *_conv(c[5], c[6], kernel=2, padding=0),
         ]
         self.features = nn.Sequential(*layers)
@@ -89,9 +139,9 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet needs 4 stage widths, got {len(channels)}")
         c = channels
         stem = (max(1, c[0] // 4), max(1, c[0] // 2))
-        layers = [*_conv(in_channels, stem[0]), *_conv(stem[0], stem[1]), nn.MaxPool2d(2, 2)]
+        layers = [*_conv(in_channels, stem[0]), *_conv(stem[0], stem[1]), MaxPool(2)]
         previous = stem[1]
-        pools = {0: nn.MaxPool2d(2, 2), 1: nn.MaxPool2d(kernel_size=2, stride=(2, 1), padding=(0, 1))}
+        pools = {0: MaxPool(2), 1: MaxPool(stride=(2, 1), padding=(0, 1))}
         for stage, (width, blocks) in enumerate(zip(c, RESNET_BLOCKS)):
             for _ in range(blocks):
                 layers.append(BasicBlock(previous, width))
