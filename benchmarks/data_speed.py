@@ -10,7 +10,8 @@
    (no data loading), per batch size, for the shipped architecture with its recurrent layer
    (vanilla gates: torch's fused kernel on a GPU, ours on a CPU), with refined `add` on i,o, tanh-bounded
    (always ours), and with torch.nn.LSTM (cuDNN on a GPU) in its place.
-   On CUDA with float16 autocast, TF32 products and CUDA graphs of our recurrent kernel, as training runs.
+   On CUDA with float16 autocast, TF32 products and CUDA graphs of our recurrent kernel, as training runs;
+   `--amp-dtype` as `textrec train` takes it (e.g. bfloat16 on a CPU with AMX or AVX512-BF16).
 Training runs no faster than the slowest of the three. The last line is one JSON object.
 """
 
@@ -32,7 +33,7 @@ from textrec.model import CRNN
 from textrec.nn import for_training, tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
-from textrec.train import adamw
+from textrec.train import AMP_DTYPES, adamw, mixed_precision
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "default.safetensors")
 
@@ -92,18 +93,18 @@ class TorchLSTM(nn.Module):
         return self.lstm(x)
 
 
-def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float) -> float:
+def step_rate(model: nn.Module, batch: int, height: int, width: int, classes: int, device, seconds: float,
+              amp_dtype: torch.dtype | None) -> float:
     for_training(model.sequence, device)  # CUDA graphs of our recurrent kernel, as `textrec train` installs them
     optimizer = adamw(model.parameters(), 1e-4, device)  # as `textrec train` builds it
     ctc = nn.CTCLoss(zero_infinity=True)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     images = torch.randn(batch, 1, height, width, device=device)
     lengths = torch.full((batch,), 8, dtype=torch.long)
     targets = torch.randint(1, classes, (batch * 8,), dtype=torch.long)
 
     def one_step():
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         log_probs = logits.float().log_softmax(2)
         loss = ctc(log_probs, targets, torch.full((batch,), log_probs.shape[0], dtype=torch.long), lengths)
@@ -136,13 +137,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--skip-data", action="store_true")
+    parser.add_argument("--amp-dtype", choices=[*AMP_DTYPES, "none"], default="auto", help="as textrec train's (none: --no-amp)")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    amp_dtype = mixed_precision(None if args.amp_dtype == "none" else args.amp_dtype, device)
     checkpoint = load_checkpoint(args.checkpoint)
     config, preprocess, charset = checkpoint.model_config, checkpoint.preprocess, checkpoint.charset
     frames = CRNN(config).output_length(preprocess.width)
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "cpus": os.cpu_count(), "workers": args.workers, "width": preprocess.width}
+                    "cpus": os.cpu_count(), "workers": args.workers, "width": preprocess.width,
+                    "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"}
     if not args.skip_data:
         loader, scene = data_rates(args, charset, preprocess, frames, device)
         result["data_images_per_second"] = round(loader, 1)
@@ -163,7 +167,7 @@ def main() -> None:
             else:
                 model = CRNN(type(config).from_dict({**config.to_dict(), **change}))
             model = model.to(device).train()
-            rate = step_rate(model, batch, preprocess.height, preprocess.width, config.num_classes, device, args.seconds)
+            rate = step_rate(model, batch, preprocess.height, preprocess.width, config.num_classes, device, args.seconds, amp_dtype)
             result[f"steps_{name}_b{batch}_images_per_second"] = round(rate, 1)
             print(f"steps: {name}, batch {batch}: {rate:.0f} images/s", flush=True)
     print(json.dumps(result))

@@ -279,6 +279,18 @@ def test_train_refine_gates_option(tmp_path, trained):
     assert result.exit_code == 1 and "error: cannot refine gate(s) 'q' of lstm" in result.output
 
 
+def test_train_mixed_precision_options(tmp_path, trained):
+    lmdb_path = trained / "data" / "benchmarks" / "IC13_857"
+    common = ["train", "--train-data", lmdb_path, "--max-steps", 1, "--batch-size", 6, "--workers", 0, "--device", "cpu",
+              "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"]]
+    result = invoke(*common, "--output", tmp_path / "plain")
+    assert result.exit_code == 0 and "device: cpu (float32);" in result.output, result.output
+    result = invoke(*common, "--output", tmp_path / "bf16", "--amp-dtype", "bfloat16")
+    assert result.exit_code == 0 and "device: cpu (bfloat16 mixed);" in result.output, result.output
+    assert_one_clear_line(invoke(*common, "--output", tmp_path / "f16", "--amp-dtype", "float16"), "--amp-dtype float16 is for CUDA")
+    assert_one_clear_line(invoke(*common, "--output", tmp_path / "bad", "--amp-dtype", "half"), "--amp-dtype must be one of")
+
+
 def test_export_sets_the_inference_width_mode(trained, tmp_path):
     source = trained / "run" / "best.safetensors"
     assert not load_checkpoint(source).preprocess.dynamic_width

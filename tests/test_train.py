@@ -255,3 +255,54 @@ def test_a_time_budget_must_be_a_positive_number_of_seconds(word_set, tmp_path):
     for bad in (0, -5.0, float("nan"), float("inf"), True, "60"):
         with pytest.raises(ConfigError, match="--time-budget must be a finite number of seconds above 0"):
             check_config(tiny_config(word_set, tmp_path / "run", time_budget=bad))
+
+
+def test_mixed_precision_by_device_and_dtype(word_set, tmp_path):
+    """--amp-dtype: "auto" is float16 on CUDA and float32 on the CPU; bfloat16 is asked for by name (either device);
+    float16 on the CPU is refused in one line naming the option."""
+    import torch
+
+    from textrec.errors import ConfigError
+    from textrec.train import check_config, mixed_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert mixed_precision("auto", cuda) is torch.float16 and mixed_precision("auto", cpu) is None
+    assert mixed_precision("bfloat16", cpu) is torch.bfloat16 and mixed_precision("bfloat16", cuda) is torch.bfloat16
+    assert mixed_precision("float16", cuda) is torch.float16 and mixed_precision(None, cuda) is None  # --no-amp
+    with pytest.raises(ConfigError, match="--amp-dtype float16 is for CUDA; on the CPU use bfloat16"):
+        mixed_precision("float16", cpu)
+    config = tiny_config(word_set, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--amp-dtype must be one of auto, bfloat16, float16 .got 'half'."):
+        check_config(dataclasses.replace(config, amp_dtype="half"))
+
+
+def test_bfloat16_on_the_cpu_trains_the_backbone_in_bfloat16_and_saves_float32(word_set, tmp_path, monkeypatch):
+    """The backbone's forward runs in bfloat16 under autocast, the recurrent layers and the loss in float32, and
+    the run learns and saves float32 weights. On a CPU without bfloat16 instructions it says it is emulated."""
+    import torch
+
+    from textrec import train as train_module
+    from textrec.model import CRNN
+
+    seen = {}
+    forward = CRNN.forward
+
+    def recording(self, images):
+        if torch.is_autocast_enabled("cpu"):  # training steps (validation reads in float32)
+            with torch.no_grad():
+                features = self.backbone(images)
+                seen["backbone"] = features.dtype
+                seen["sequence"] = self.sequence(features.squeeze(2).permute(2, 0, 1))[0].dtype
+        return forward(self, images)
+
+    monkeypatch.setattr(CRNN, "forward", recording)
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: False)
+    recorder = Recorder()
+    result = train(tiny_config(word_set, tmp_path / "run", amp_dtype="bfloat16", max_steps=60, batch_size=6, log_interval=10), recorder)
+    assert seen == {"backbone": torch.bfloat16, "sequence": torch.float32}
+    assert recorder.starts[0].precision == "bfloat16 mixed"
+    assert any("bfloat16 on a CPU without AMX or AVX512-BF16 is emulated" in e for e in recorder.events)
+    losses = [loss for _, loss in recorder.steps]
+    assert result.nonfinite_steps == 0 and mean(losses[-2:]) < losses[0] / 3, losses
+    weights = load_checkpoint(tmp_path / "run" / "last.safetensors").state_dict
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}

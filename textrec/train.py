@@ -60,7 +60,7 @@ ARCHITECTURE_KEYS = (
 )
 # Options that give the run its meaning: a resumed run keeps them unless told otherwise (--accept-changes).
 # max_steps is not among them (a run is lengthened by resuming it with more steps), nor are the options
-# of where and how fast it runs (device, scene_device, workers, finish_ahead, amp), of its logging, or init_from
+# of where and how fast it runs (device, scene_device, workers, finish_ahead, amp, amp_dtype), of its logging, or init_from
 # (ignored when resuming).
 RUN_KEYS = (
     "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
@@ -115,6 +115,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    # What `amp` autocasts to: "auto" (float16 on CUDA, nothing on the CPU), "bfloat16" (either device; on a
+    # CPU fast only with bfloat16 instructions, see `mixed_precision`), or "float16" (CUDA only).
+    amp_dtype: str = "auto"
     max_bad_steps: int = 10
     # Font files or folders for the `synth` source, searched besides the system's fonts.
     synth_fonts: list[str] = field(default_factory=list)
@@ -167,6 +170,7 @@ class TrainStart:
     max_steps: int
     processes: int = 1  # data-parallel processes, each taking batch_size / processes samples of every step
     time_budget: float | None = None  # seconds: the run ends when they are used, its steps unknown beforehand
+    precision: str = "float32"  # what the forward pass computes in: "float32", "float16 mixed", "bfloat16 mixed"
 
 
 @dataclass
@@ -243,6 +247,32 @@ def check_config(config: TrainConfig) -> None:
     for name in ("augment", "amp", "keep_ratio", "input_map", "accept_changes"):
         if not isinstance(getattr(config, name), bool):
             raise bad(name, getattr(config, name), "true or false")
+    if config.amp_dtype not in AMP_DTYPES:
+        raise bad("amp_dtype", config.amp_dtype, f"one of {', '.join(AMP_DTYPES)}")
+
+
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
+
+def mixed_precision(amp_dtype: str | None, device: torch.device) -> torch.dtype | None:
+    """The dtype the forward pass autocasts to on `device` for `--amp-dtype` (None: `--no-amp`), or None for
+    float32 throughout (the recurrent layers and the loss stay float32 in any case). "auto" is float16 on CUDA
+    (with a GradScaler) and nothing on the CPU, where bfloat16 is asked for by name: with AMX or AVX512-BF16 it
+    makes the backbone's convolutions about 2.4x faster (docs/model.md, "bfloat16 on the CPU"); without them it
+    is emulated and slower than float32."""
+    if amp_dtype is None:
+        return None
+    if amp_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp_dtype == "float16" and device.type != "cuda":
+        raise ConfigError(f"--amp-dtype float16 is for CUDA; on the {device.type.upper()} use bfloat16 (or --no-amp)")
+    return getattr(torch, amp_dtype)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), as torch's own checks say."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, present in torch 2.11-2.14
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
@@ -373,8 +403,9 @@ class _Run:
         # A plain function for LambdaLR: it would save an object's attributes (the config) into resume.pt.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.schedule.factor(s))
         self.ctc = nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
-        self.use_amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = mixed_precision(config.amp_dtype if config.amp else None, self.device)
+        # float16 needs its gradients scaled against underflow; bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best_accuracy: float | None = None
         self.best_ned = 0.0  # breaks ties in accuracy (e.g. 0 % early on): the closer reading wins
@@ -684,8 +715,11 @@ class _Run:
                 max_steps=config.max_steps,
                 processes=self.world.size,
                 time_budget=config.time_budget,
+                precision="float32" if self.amp_dtype is None else f"{str(self.amp_dtype).removeprefix('torch.')} mixed",
             )
         )
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_bfloat16():
+            self.callbacks.on_event("bfloat16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than float32 (--no-amp)")
         if initialised:
             self.callbacks.on_event(initialised)
         if self.accepted:
@@ -814,7 +848,7 @@ class _Run:
         loss = None
         if images is not None:
             images = images.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.network(images)
             log_probs = logits.float().log_softmax(2)
             frames, size = log_probs.shape[:2]
@@ -837,7 +871,7 @@ class _Run:
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if not torch.isfinite(grad_norm):  # the same on every rank: DDP averaged the gradients
             self.optimizer.zero_grad(set_to_none=True)
-            if self.use_amp:
+            if self.scaler.is_enabled():
                 self.scaler.update()  # let the scaler back off; its own skip would hide the count
             return outcome
         self.scaler.step(self.optimizer)
