@@ -208,6 +208,10 @@ _INT_BOUNDS = {
 }
 
 
+# What --amp-dtype takes (see `mixed_precision`).
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
+
 def check_config(config: TrainConfig) -> None:
     """Every value within bounds before anything is built (values may come from a TOML file): ConfigError names it."""
 
@@ -249,9 +253,6 @@ def check_config(config: TrainConfig) -> None:
             raise bad(name, getattr(config, name), "true or false")
     if config.amp_dtype not in AMP_DTYPES:
         raise bad("amp_dtype", config.amp_dtype, f"one of {', '.join(AMP_DTYPES)}")
-
-
-AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 
 def mixed_precision(amp_dtype: str | None, device: torch.device) -> torch.dtype | None:

@@ -25,8 +25,8 @@ class MaxPool(nn.MaxPool2d):
     strided views (two `torch.maximum` calls) instead of torch's pooling kernel.
 
     The values are the same (padding is -inf, as the kernel's; NaN propagates in both), but at these
-    shapes torch's CPU max-pool (NCHW, with indices) is about ten times slower: at batch 1 the VGG's four
-    pools took 1.3 ms of a 16-ms read (`benchmarks/pool_speed.py`). Training keeps the kernel, whose
+    shapes torch's CPU max-pool (NCHW, with indices) is four to seven times slower: at batch 1 the VGG's
+    four pools took 1.2 ms of a 13.6-ms read on one thread (`benchmarks/pool_speed.py`). Training keeps the kernel, whose
     backward sends each gradient to one input (`torch.maximum` splits it between ties); so do CUDA and the
     ONNX exporter, which has a MaxPool operator.
     """
