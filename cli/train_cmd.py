@@ -18,7 +18,7 @@ from textrec.files import Unreadable, read_regular
 from textrec.memory import keep_freed_memory
 from textrec.model.backbones import BACKBONES, VGG_CHANNELS
 from textrec.nn.gates import parse_gate_names
-from textrec.train import TrainCallbacks, TrainConfig, TrainStart, check_batch_split
+from textrec.train import TrainCallbacks, TrainConfig, TrainStart, check_processes
 from textrec.train import train as run_training
 
 from .common import console, err_console, fail, user_errors
@@ -186,9 +186,7 @@ def train(
     if nproc > 1 and not world.distributed:  # not yet under torchrun: start it on this same command line
         if len(sys.argv) < 2 or sys.argv[1] != "train":
             fail("--nproc-per-node needs the command line `textrec train ...`; or start torchrun yourself (docs/scale.md)")
-        check_batch_split(values["batch_size"], nproc)  # one error line, not one per process
-        if values["time_budget"] is not None:
-            fail("--time-budget trains in one process: the ranks' clocks would stop them at different steps")
+        check_processes(values["batch_size"], values["time_budget"], nproc)  # one error line, not one per process
         args = without_option(sys.argv[2:], "--nproc-per-node")
         raise typer.Exit(launch(torchrun_command(nproc, ["-m", "cli.main", "train", *args])))
     gates = values.pop("refine_gates")

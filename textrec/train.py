@@ -383,8 +383,6 @@ class _Run:
         self.preprocess = Preprocess(height=config.height, width=config.width, keep_ratio=config.keep_ratio)
         self.model_config = model_config_for(config, self.charset)
         self.device = self.world.device(resolve_device(config.device))
-        if config.time_budget is not None and self.world.distributed:
-            raise TrainingError("--time-budget trains in one process: the ranks' clocks would stop them at different steps")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         try:
@@ -958,13 +956,16 @@ def _source_info(source, share: float, per_batch: int) -> SourceInfo:
     return SourceInfo(source.name, source.size, share, per_batch, dropped, examples, fonts, rejected)
 
 
-def check_batch_split(batch_size: int, processes: int) -> None:
-    """`batch_size` is the global batch: ConfigError unless each process can take an equal share of it."""
+def check_processes(batch_size: int, time_budget: float | None, processes: int) -> None:
+    """ConfigError unless the run can be split among `processes`: `batch_size` is the global batch, so each must
+    take an equal share of it, and a time budget needs one process (the ranks' clocks would differ)."""
     if batch_size % processes:
         raise ConfigError(
             f"--batch-size {batch_size} is the global batch and must divide by the number of processes "
             f"({processes}): each takes an equal share"
         )
+    if time_budget is not None and processes > 1:
+        raise ConfigError("--time-budget trains in one process: the ranks' clocks would stop them at different steps")
 
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -975,6 +976,6 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     """
     check_config(config)
     world = World.from_environment()
-    check_batch_split(config.batch_size, world.size)
+    check_processes(config.batch_size, config.time_budget, world.size)
     with world.process_group(world.device(resolve_device(config.device))):
         return _Run(config, callbacks or TrainCallbacks(), world).run()

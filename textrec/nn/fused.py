@@ -267,6 +267,11 @@ class LSTMRecurrence(torch.autograd.Function):
         return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
 
 
+def _step_dh(d_h: Tensor, dh_rec: Tensor | None, out: Tensor) -> Tensor:
+    """A step's ``dh`` into ``out``: the output's gradient plus the next step's through ``W_hh`` (none at the last step)."""
+    return out.copy_(d_h) if dh_rec is None else torch.add(d_h, dh_rec, out=out)
+
+
 def _lstm_backward_ops(dc, d_h_s, DH_s, DC_s, P_s, K, dA, f_s, w_hh):
     """The backward's loop in torch ops (six per step): returns the gradients of c0 and, through W_hh, of h0."""
     D, T, B, G = K.shape
@@ -276,11 +281,7 @@ def _lstm_backward_ops(dc, d_h_s, DH_s, DC_s, P_s, K, dA, f_s, w_hh):
     K_o_s, dA_o_s, dA_s = _block(K, 3, H).unbind(1), _block(dA, 3, H).unbind(1), dA.unbind(1)
     dh_rec = None
     for s in range(T - 1, -1, -1):
-        dh = DH_s[s]
-        if dh_rec is None:
-            dh.copy_(d_h_s[s])
-        else:
-            torch.add(d_h_s[s], dh_rec, out=dh)
+        dh = _step_dh(d_h_s[s], dh_rec, DH_s[s])
         dcs = torch.addcmul(dc, dh, P_s[s], out=DC_s[s])
         torch.mul(K3_s[s], dcs.unsqueeze(2), out=dA3_s[s])
         torch.mul(K_o_s[s], dh, out=dA_o_s[s])
@@ -365,11 +366,7 @@ class GRURecurrence(torch.autograd.Function):
         dHH2_s = [t.view(D, B, 2, H) for t in dHH[..., : 2 * H].unbind(1)]
         dh_rec = None
         for s in range(T - 1, -1, -1):
-            dh = DH_s[s]
-            if dh_rec is None:
-                dh.copy_(d_h_s[s])
-            else:
-                torch.add(d_h_s[s], dh_rec, out=dh)
+            dh = _step_dh(d_h_s[s], dh_rec, DH_s[s])
             torch.mul(K2_s[s], dh.unsqueeze(2), out=dHH2_s[s])
             dnp = torch.mul(dh, Q_s[s], out=DNP_s[s])
             torch.mul(dnp, rg_s[s], out=dHHn_s[s])
@@ -449,11 +446,7 @@ class MGURecurrence(torch.autograd.Function):
         )
         dh_rec = None
         for s in range(T - 1, -1, -1):
-            dh = DH_s[s]
-            if dh_rec is None:
-                dh.copy_(d_h_s[s])
-            else:
-                torch.add(d_h_s[s], dh_rec, out=dh)
+            dh = _step_dh(d_h_s[s], dh_rec, DH_s[s])
             dnp = torch.mul(dh, Qn_s[s], out=DNP_s[s])
             dfh = torch.bmm(dnp, un)
             df = torch.mul(dh, NH_s[s], out=DF_s[s])
