@@ -142,7 +142,10 @@ def train(
     channels: Optional[str] = typer.Option(
         None, help="The backbone's widths, comma-separated: seven for vgg (default 64,128,256,256,512,512,512), four for resnet (default 128,256,512,512)."
     ),
-    width: int = typer.Option(100, min=8, help="Input width in pixels (height is 32)."),
+    height: int = typer.Option(
+        32, min=32, help="Input height in pixels: 32 (the CRNN paper's) or more; the backbone averages the rows it leaves."
+    ),
+    width: int = typer.Option(100, min=8, help="Input width in pixels: the widest input (narrower crops keep their aspect ratio)."),
     augment: bool = typer.Option(True, help="Augment real training images on the device (synthetic ones always get their effects)."),
     val_interval: int = typer.Option(500, min=1),
     val_max_samples: Optional[int] = typer.Option(None, min=1, help="Validate on at most this many samples per set."),

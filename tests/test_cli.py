@@ -291,6 +291,25 @@ def test_train_mixed_precision_options(tmp_path, trained):
     assert_one_clear_line(invoke(*common, "--output", tmp_path / "bad", "--amp-dtype", "half"), "--amp-dtype must be one of")
 
 
+def test_train_height_option(tmp_path, trained):
+    """--height trains a taller input; the checkpoint carries it, so predict and eval resize to it unasked."""
+    lmdb_path = trained / "data" / "benchmarks" / "IC13_857"
+    common = ["train", "--train-data", lmdb_path, "--max-steps", 1, "--batch-size", 6, "--workers", 0, "--device", "cpu",
+              "--channels", ",".join(map(str, TINY["channels"])), "--hidden-size", TINY["hidden_size"]]
+    result = invoke(*common, "--output", tmp_path / "tall", "--height", 48, "--width", 72)
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(tmp_path / "tall" / "last.safetensors")
+    assert (checkpoint.preprocess.height, checkpoint.preprocess.width) == (48, 72)
+    result = invoke("predict", "--checkpoint", tmp_path / "tall" / "last.safetensors", "--device", "cpu", "--json",
+                    trained / "images")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    expected = read_files(tmp_path / "tall" / "last.safetensors", [Path(r["image"]) for r in records])
+    assert len(records) == len(list((trained / "images").iterdir()))
+    assert [r["text"] for r in records] == [e.text for e in expected]  # the Recognizer reads at 48 px too
+    result = invoke(*common, "--output", tmp_path / "short", "--height", 24)
+    assert result.exit_code != 0 and "--height" in result.output  # the VGG halves the height four times
+
 def test_export_sets_the_inference_width_mode(trained, tmp_path):
     source = trained / "run" / "best.safetensors"
     assert not load_checkpoint(source).preprocess.dynamic_width
