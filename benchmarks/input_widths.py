@@ -1,0 +1,89 @@
+"""How wide the training images are: the content width of each finished sample, as training makes it (issue 11,
+item 2: keep-ratio variable-width batching).
+
+Training pads every image to the model's input width (columns beyond the content repeat the last one). This
+draws batches from `--train-data` exactly as `textrec train` does (the same loader and device stage, on the CPU),
+and reports each sample's content width in model pixels: by source kind (synthetic, real), the share squeezed
+to the full width, and the compute a width-bucketed batching could save: the mean of each sample's width rounded
+up to a bucket, against the full width (the backbone's and the recurrent layers' work grow linearly with the
+width). The last line is one JSON object.
+
+    python benchmarks/input_widths.py --config checkpoints/model2.toml --batches 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tomllib
+
+import torch
+
+from textrec.charset import Charset
+from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from textrec.synth.pipeline import Finisher
+
+
+def summary(widths: list[float], full: int, bucket: int) -> dict:
+    if not widths:
+        return {"samples": 0}
+    deciles = statistics.quantiles(widths, n=10) if len(widths) > 1 else widths * 9
+    bucketed = [min(full, math.ceil(w / bucket) * bucket) for w in widths]
+    return {
+        "samples": len(widths),
+        "mean": round(statistics.mean(widths), 1),
+        "deciles": [round(q, 1) for q in deciles],
+        "at_full_width_percent": round(100 * sum(w >= full for w in widths) / len(widths), 1),
+        "mean_over_full": round(statistics.mean(widths) / full, 3),
+        f"bucketed_{bucket}_over_full": round(statistics.mean(bucketed) / full, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a training recipe (TOML): its train_data, synth_fonts, charset, height, width")
+    parser.add_argument("--train-data", nargs="+", help="instead of the recipe's")
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--bucket", type=int, default=32, help="bucket size in model pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    recipe = {}
+    if args.config:
+        with open(args.config, "rb") as handle:
+            recipe = tomllib.load(handle)
+    train_data = args.train_data or recipe.get("train_data") or ["synth"]
+    height, width = recipe.get("height", 32), recipe.get("width", 100)
+    charset = Charset.from_spec(str(recipe.get("charset", "36")))
+    frames = width // 4 + 1
+    finisher = Finisher(height, width, args.seed, "cpu")
+    fonts = recipe.get("synth_fonts") or None
+    sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
+    loader = torch.utils.data.DataLoader(
+        TrainingSamples(sources, charset, finisher.canvas_size, True, finisher.scale),
+        batch_sampler=StepBatchSampler([s.size for s in sources], split_batch(args.batch_size, shares), args.seed, 0,
+                                       args.batches),
+        collate_fn=Collate(charset),
+    )
+    kinds: dict[str, list[float]] = {"synthetic": [], "real": []}
+    for step, batch in enumerate(loader):
+        canvas = finisher.canvas(batch.raw, step)
+        for model_width, real in zip((canvas.widths / finisher.scale).tolist(), batch.raw.is_real.tolist()):
+            kinds["real" if real else "synthetic"].append(model_width)
+    result = {"train_data": train_data, "input": [height, width], "bucket": args.bucket}
+    result.update({kind: summary(values, width, args.bucket) for kind, values in kinds.items()})
+    result["all"] = summary(kinds["synthetic"] + kinds["real"], width, args.bucket)
+    print(f"content widths at {height} x {width} px, {args.batches} batches of {args.batch_size}")
+    for kind in ("synthetic", "real", "all"):
+        row = result[kind]
+        if row["samples"]:
+            print(f"{kind:<10} {row['samples']:>6} samples, mean {row['mean']:>6.1f} px ({row['mean_over_full']:.2f} of "
+                  f"{width}), squeezed to {width}: {row['at_full_width_percent']:.1f} %, "
+                  f"{args.bucket}-px buckets: {row[f'bucketed_{args.bucket}_over_full']:.2f} of the full width's work")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
