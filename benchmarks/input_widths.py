@@ -57,7 +57,7 @@ def main() -> None:
     train_data = args.train_data or recipe.get("train_data") or ["synth"]
     height, width = recipe.get("height", 32), recipe.get("width", 100)
     charset = Charset.from_spec(str(recipe.get("charset", "36")))
-    frames = width // 4 + 1
+    frames = width // 4 + 1  # the CTC frames of both backbones (VGG, ResNet): synthetic labels are fitted to them
     finisher = Finisher(height, width, args.seed, "cpu")
     fonts = recipe.get("synth_fonts") or None
     sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
