@@ -59,10 +59,9 @@ def main() -> None:
         images[key] = torch.randn(1, own.in_channels, height, width)
     times: dict[str, list[float]] = {key: [] for key in models}
     names = list(models)
-    frames = {}
     with torch.no_grad():
-        for key, model in models.items():  # warm-up; the output is (frames, batch, classes)
-            frames[key] = model(images[key]).shape[0]
+        for key, model in models.items():  # warm-up
+            model(images[key])
         for turn in range(args.repeats):
             for key in names[turn % len(names):] + names[: turn % len(names)]:
                 start = time.perf_counter()
@@ -75,8 +74,9 @@ def main() -> None:
     for key, model in models.items():
         ms = statistics.median(times[key]) * 1e3
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{key:<44}{frames[key]:>7}{params:>11.2f}{ms:>8.2f}{ms / (first * 1e3):>9.2f}")
-        result["models"][key] = {"params_millions": round(params, 2), "ms": round(ms, 2), "frames": frames[key]}
+        frames = model.output_length(images[key].shape[-1])
+        print(f"{key:<44}{frames:>7}{params:>11.2f}{ms:>8.2f}{ms / (first * 1e3):>9.2f}")
+        result["models"][key] = {"params_millions": round(params, 2), "ms": round(ms, 2), "frames": frames}
     print(json.dumps(result))
 
 

@@ -23,6 +23,7 @@ import torch
 
 from textrec.charset import Charset
 from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from textrec.model.backbones import BACKBONES
 from textrec.synth.pipeline import Finisher
 
 
@@ -43,7 +44,7 @@ def summary(widths: list[float], full: int, bucket: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="a training recipe (TOML): its train_data, synth_fonts, charset, height, width")
+    parser.add_argument("--config", help="a training recipe (TOML): its train_data, synth_fonts, charset, backbone, height, width")
     parser.add_argument("--train-data", nargs="+", help="instead of the recipe's")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -57,7 +58,7 @@ def main() -> None:
     train_data = args.train_data or recipe.get("train_data") or ["synth"]
     height, width = recipe.get("height", 32), recipe.get("width", 100)
     charset = Charset.from_spec(str(recipe.get("charset", "36")))
-    frames = width // 4 + 1  # the CTC frames of both backbones (VGG, ResNet): synthetic labels are fitted to them
+    frames = BACKBONES[recipe.get("backbone", "vgg")][0].output_width(width)  # synthetic labels are fitted to them
     finisher = Finisher(height, width, args.seed, "cpu")
     fonts = recipe.get("synth_fonts") or None
     sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
