@@ -29,6 +29,7 @@ Variant names are tokens joined by "-", read left to right:
   tanh            bounded short connection (refine_bound="tanh")
   fb<x>           forget-gate bias x at init (e.g. fb1)
   map             the identity path: a linear map before each recurrent layer (input_map)
+  r<N>            a low-rank projection of rank N (refine_rank), e.g. add-io-vstart-tanh-r16
 e.g. `none`, `add-io-vstart`, `mul-ifo-vstart-fb1`, `mul-io-map-fb1`.
 """
 
@@ -70,7 +71,7 @@ PLAN = [
 PILOT = ["none", "add-io-vstart"]
 # What a variant name sets when it does not say otherwise: vanilla LSTM gates, today's options.
 VARIANT_DEFAULTS = {"rnn": "lstm", "refine": "none", "refine_gates": [], "refine_init": "default",
-                    "refine_bound": "none", "forget_bias": 0.0, "input_map": False}
+                    "refine_bound": "none", "forget_bias": 0.0, "input_map": False, "refine_rank": 0}
 NONFINITE = re.compile(r"^step (\d+): non-finite")
 NED_MARK = 0.3  # a second, finer plateau mark: the first validation with 1-NED at least this
 
@@ -95,6 +96,8 @@ def parse_variant(name: str) -> dict:
             values["refine_bound"] = "tanh"
         elif token == "map":
             values["input_map"] = True
+        elif token[:1] == "r" and token[1:].isdigit():
+            values["refine_rank"] = int(token[1:])
         elif token.startswith("fb"):
             try:
                 values["forget_bias"] = float(token[2:])
@@ -105,7 +108,7 @@ def parse_variant(name: str) -> dict:
         else:
             raise ValueError(f"variant {name!r}: unknown token {token!r}")
     # Checked now, not an hour into the plan: the layer accepts the combination.
-    GatedRNN(values["rnn"], 8, 4, **layer_options(values))
+    GatedRNN(values["rnn"], 8, max(4, values["refine_rank"] + 1), **layer_options(values))  # hidden wide enough for the rank
     return values
 
 
@@ -113,7 +116,8 @@ def layer_options(values: dict) -> dict:
     """A parsed variant's keyword arguments for `GatedRNN` and `CRNNConfig` (everything but the unit)."""
     return {"refine": values["refine"], "refine_gates": tuple(values["refine_gates"]) or None,
             "refine_init": values["refine_init"], "refine_bound": values["refine_bound"],
-            "forget_bias": values["forget_bias"], "input_map": values["input_map"]}
+            "forget_bias": values["forget_bias"], "input_map": values["input_map"],
+            "refine_rank": values["refine_rank"]}
 
 
 def load_recipe(path: Path) -> dict:

@@ -30,6 +30,11 @@ def export(
         help="safetensors, with dynamic width: pad each batch to at least this many pixels (0: no minimum; "
         "default: as the checkpoint). Models trained on padded inputs read short words alone better padded.",
     ),
+    refine_rank: Optional[int] = typer.Option(
+        None, min=0,
+        help="safetensors: factor the refined gates' projections to this rank by a truncated SVD (0: full; "
+        "default: as the checkpoint). The shipped model's are rank 16 (docs/refined_gates.md, \"Low-rank projections\").",
+    ),
     int8: bool = typer.Option(
         False, "--int8",
         help="onnx: LSTM and matrix-product weights in int8 (onnxruntime's dynamic quantisation: half the size, "
@@ -45,11 +50,19 @@ def export(
     check_output_file(output, overwrite)
     chosen = output_format(output, export_format)
     if chosen == "onnx":
-        if half or dynamic_width is not None or min_width is not None:
-            fail("--half, --dynamic-width and --min-width apply to the safetensors format only")
+        if half or dynamic_width is not None or min_width is not None or refine_rank is not None:
+            fail("--half, --dynamic-width, --min-width and --refine-rank apply to the safetensors format only")
         export_onnx(checkpoint, output, int8=int8)
     else:
         if int8:
             fail("--int8 applies to the onnx format only")
-        export_safetensors(checkpoint, output, half=half, dynamic_width=dynamic_width, min_width=min_width)
+        written = export_safetensors(
+            checkpoint, output, half=half, dynamic_width=dynamic_width, min_width=min_width, refine_rank=refine_rank
+        )
+        refactored = written.info.get("refactored") if refine_rank is not None else None
+        if refactored:
+            console.print(
+                f"refined projections at rank {refactored['rank']}"
+                + (f" ({refactored['energy_kept']:.0%} of their energy kept)" if refactored["rank"] else " (multiplied out)")
+            )
     console.print(f"wrote {output} ({chosen}, {output.stat().st_size / 1e6:.1f} MB)")

@@ -133,6 +133,10 @@ def train(
     refine_bound: str = typer.Option("none", help="none, or tanh: bounded short connection x̃ = tanh(W x)."),
     forget_bias: float = typer.Option(0.0, help="Initial bias of the gate that keeps the state (LSTM f); 0 keeps torch's init."),
     input_map: bool = typer.Option(False, help="Linear map before each recurrent layer, so that x̃ = x_t with no projection."),
+    refine_rank: int = typer.Option(
+        0, min=0, help="0: full projections for x̃; r: low-rank ones (r below --hidden-size), cheaper; --init-from a "
+        "refined checkpoint factors its projections (truncated SVD).",
+    ),
     refine_lr_scale: float = typer.Option(
         1.0, help="The short connection's projections learn at lr × this (e.g. 0.1 when refining a trained vanilla model)."
     ),

@@ -215,12 +215,13 @@ def test_train_from_a_config_file_with_overrides(tmp_path, trained):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["max_steps"], saved["batch_size"], saved["rnn"], saved["refine"]) == (2, 6, "mgu", "add")
     # a recipe's refined subset is undone on the command line with --refine-gates all (the vanilla twin of a lease)
-    recipe.write_text(recipe.read_text(encoding="utf-8") + 'refine_gates = "i,o"\nrefine_bound = "tanh"\n', encoding="utf-8")
+    recipe.write_text(recipe.read_text(encoding="utf-8") + 'refine_gates = "i,o"\nrefine_bound = "tanh"\nrefine_rank = 2\n',
+                      encoding="utf-8")
     result = invoke("train", "--config", recipe, "--max-steps", 1, "--output", tmp_path / "twin",
-                    "--refine", "none", "--refine-gates", "all", "--refine-bound", "none")
+                    "--refine", "none", "--refine-gates", "all", "--refine-bound", "none", "--refine-rank", 0)
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "twin" / "config.json").read_text())
-    assert (saved["refine"], saved["refine_gates"], saved["refine_bound"]) == ("none", [], "none")
+    assert (saved["refine"], saved["refine_gates"], saved["refine_bound"], saved["refine_rank"]) == ("none", [], "none", 0)
     recipe.write_text("max_stepz = 3\n", encoding="utf-8")
     result = invoke("train", "--config", recipe)
     assert result.exit_code == 1 and "unknown option(s) max_stepz" in result.output
@@ -277,6 +278,12 @@ def test_train_refine_gates_option(tmp_path, trained):
     assert json.loads((tmp_path / "io" / "config.json").read_text())["refine_gates"] == ["i", "o"]
     result = invoke(*common, "--output", tmp_path / "bad", "--refine", "add", "--refine-gates", "i,q")
     assert result.exit_code == 1 and "error: cannot refine gate(s) 'q' of lstm" in result.output
+    result = invoke(*common, "--output", tmp_path / "rank", "--refine", "add", "--refine-gates", "i,o", "--refine-rank", 2)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "rank" / "config.json").read_text())["refine_rank"] == 2
+    assert load_checkpoint(tmp_path / "rank" / "last.safetensors").model_config.refine_rank == 2
+    result = invoke(*common, "--output", tmp_path / "badrank", "--refine-rank", 2)
+    assert result.exit_code == 1 and "error: refine_rank=2 needs refine='add' or 'mul', not 'none'" in result.output
 
 
 def test_train_mixed_precision_options(tmp_path, trained):

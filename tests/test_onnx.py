@@ -131,8 +131,9 @@ def test_the_graph_carries_charset_preprocessing_and_calibration(tmp_path):
     dict(rnn="lstm", refine="add", refine_gates=("i", "o"), refine_bound="tanh"),  # the shipped variant, trained
     dict(rnn="lstm", refine="mul", refine_gates=("f",)),
     dict(rnn="lstm", input_map=True),
+    dict(rnn="lstm", refine="add", refine_gates=("i", "o"), refine_bound="tanh", refine_rank=4),
 ], ids=["lstm-mul", "gru-mul-tanh-z", "mgu-mul-vanilla", "lstm-add-input-map", "gru-vanilla", "resnet-lstm",
-        "lstm-add-io-tanh", "lstm-mul-f", "lstm-vanilla-input-map"])
+        "lstm-add-io-tanh", "lstm-mul-f", "lstm-vanilla-input-map", "lstm-add-io-tanh-rank4"])
 def test_every_recurrence_exports_for_any_width(tmp_path, config):
     """Refined gates, MGUs and input maps run as an ONNX Loop; vanilla GRU (and LSTM: the shipped model) as ONNX's
     own operator."""

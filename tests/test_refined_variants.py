@@ -41,6 +41,10 @@ VARIANTS = {
     "add-map": dict(refine="add", input_map=True),
     "mul-map": dict(refine="mul", input_map=True),
     "none-map-forget": dict(refine="none", input_map=True, forget_bias=1.0),
+    # low-rank projections (refine_rank): x̃ = W_up W_down x
+    "add-vanilla-tanh-rank2": dict(refine="add", refine_init="vanilla", refine_bound="tanh", refine_rank=2),
+    "mul-vanilla-rank2": dict(refine="mul", refine_init="vanilla", refine_rank=2),
+    "add-rank1": dict(refine="add", refine_rank=1),
 }
 
 
@@ -366,6 +370,11 @@ def test_crnn_identity_path():
         (dict(refine="add", refine_init="vanilla", input_map=True), "cannot be combined with input_map"),
         (dict(forget_bias=float("nan")), "forget_bias must be a finite number"),
         (dict(forget_bias="1"), "forget_bias must be a finite number"),
+        (dict(refine_rank=2), "refine_rank=2 needs refine"),
+        (dict(refine="add", refine_rank=4), "refine_rank=4 saves nothing: it must be below hidden_size=4"),
+        (dict(refine="add", refine_rank=-1), "refine_rank must be a non-negative integer"),
+        (dict(refine="add", refine_rank=True), "refine_rank must be a non-negative integer"),
+        (dict(refine="add", refine_rank=2, input_map=True), "refine_rank cannot be combined with input_map"),
     ],
 )
 def test_invalid_variant_options(kwargs, match):
@@ -376,7 +385,7 @@ def test_invalid_variant_options(kwargs, match):
 # ---------------------------------------------------------------- checkpoints
 
 
-NEW_KEYS = {"refine_init", "refine_bound", "forget_bias", "input_map"}
+NEW_KEYS = {"refine_init", "refine_bound", "forget_bias", "input_map", "refine_rank"}
 
 
 def _save(path, config: CRNNConfig, charset: Charset, model=None):
@@ -390,6 +399,7 @@ def _save(path, config: CRNNConfig, charset: Charset, model=None):
     [
         dict(refine="mul", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh", forget_bias=1.0),
         dict(refine="add", input_map=True, forget_bias=-0.5),
+        dict(refine="add", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh", refine_rank=3),
     ],
 )
 def test_checkpoint_round_trip_of_variant_keys(tmp_path, variant):
@@ -599,3 +609,164 @@ def test_cli_variant_options_reach_the_checkpoint(tmp_path, word_lmdb):
     result = runner.invoke(app, [*common, "--output", str(tmp_path / "c"), "--refine", "add", "--input-map",
                                  "--refine-init", "vanilla"])
     assert result.exit_code == 1 and "cannot be combined with input_map" in result.output
+
+
+# ---------------------------------------------------------------- low-rank projections (refine_rank)
+
+
+def test_low_rank_projection_shapes_and_cost():
+    """Rank r: W_down (r, input) and W_up (hidden, r) in place of one (hidden, input) matrix, per layer and direction."""
+    rnn = GatedRNN("lstm", 512, 256, num_layers=2, bidirectional=True, refine="add", refine_gates=("i", "o"), refine_rank=16)
+    shapes = {n: tuple(p.shape) for n, p in rnn.named_parameters() if n.startswith("weight_refine")}
+    for sfx in ("_l0", "_l0_reverse", "_l1", "_l1_reverse"):
+        assert shapes.pop(f"weight_refine_down{sfx}") == (16, 512)
+        assert shapes.pop(f"weight_refine{sfx}") == (256, 16)
+    assert not shapes
+    full = GatedRNN("lstm", 512, 256, num_layers=2, bidirectional=True, refine="add", refine_gates=("i", "o"))
+    count = lambda m: sum(p.numel() for p in m.short_connection_weights())  # noqa: E731
+    assert count(full) == 4 * 256 * 512 and count(rnn) == 4 * 16 * (512 + 256)
+    assert "refine_rank=16" in repr(rnn)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+@pytest.mark.parametrize("mode", MODES)
+def test_low_rank_start_as_vanilla_zeroes_the_up_map_only(mode, fast):
+    """W_up starts at zero (so the layer computes its vanilla twin) and W_down does not: a first step moves W_up."""
+    vanilla, refined = _vanilla_and_refined(mode, 6, 5, 2, refine="add", refine_init="vanilla", refine_rank=2)
+    refined.fast = vanilla.fast = fast
+    for name, p in refined.named_parameters():
+        if name.startswith("weight_refine_down"):
+            assert p.abs().min() > 0, name
+        elif name.startswith("weight_refine"):
+            assert not p.any(), name
+    x = torch.randn(7, 3, 6)
+    torch.testing.assert_close(refined(x)[0], vanilla(x)[0], **TOL)
+    refined(x)[0].square().sum().backward()
+    for name, p in refined.named_parameters():
+        if name.startswith("weight_refine"):
+            assert (p.grad.abs().max() > 0) == ("_down" not in name), name  # W_up = 0 passes nothing to W_down yet
+
+
+def test_low_rank_equals_its_full_product():
+    """x̃ = W_up (W_down x) is the full projection W_up W_down: the same layer, up to rounding."""
+    low = GatedRNN("lstm", 6, 5, num_layers=2, bidirectional=True, refine="add", refine_bound="tanh", refine_rank=2).double()
+    full = GatedRNN("lstm", 6, 5, num_layers=2, bidirectional=True, refine="add", refine_bound="tanh").double()
+    with torch.no_grad():
+        for name, p in full.named_parameters():
+            own = getattr(low, name)
+            if name.startswith("weight_refine"):
+                p.copy_(own @ getattr(low, name.replace("weight_refine", "weight_refine_down")))
+            else:
+                p.copy_(own)
+    x = torch.randn(4, 3, 6, dtype=torch.double)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            _assert_close_to_scale(low(x)[0], full(x)[0])
+
+
+def _refined_config(charset, **kwargs):
+    return CRNNConfig(num_classes=charset.num_classes, refine="add", refine_gates=("i", "o"), refine_bound="tanh",
+                      **TINY, **kwargs)
+
+
+def _rank_limited(model: CRNN, rank: int) -> CRNN:
+    """Give every full projection of `model` a product of rank `rank`, so a factorisation at that rank is exact."""
+    with torch.no_grad():
+        for name, p in model.sequence.named_parameters():
+            if name.startswith("weight_refine"):
+                p.copy_(torch.randn(p.shape[0], rank) @ torch.randn(rank, p.shape[1]) * 0.1)
+    return model
+
+
+def test_transfer_full_to_low_rank_and_back(tmp_path):
+    """--init-from a refined checkpoint into another rank: a truncated SVD (exact where the projections have that
+    rank), and multiplied out again into full projections."""
+    charset = Charset.from_spec("36")
+    images = torch.randn(2, 1, 32, 64)
+    full = _rank_limited(CRNN(_refined_config(charset)), 3)
+    _save(tmp_path / "full.safetensors", full.config, charset, full)
+    low = CRNN(_refined_config(charset, refine_rank=3))
+    report = transfer_weights(low, charset, load_checkpoint(tmp_path / "full.safetensors"))
+    assert report.rank == 3 and report.rank_energy == pytest.approx(1.0) and not report.fresh
+    torch.testing.assert_close(_logits(low, images), _logits(full, images), atol=1e-5, rtol=1e-5)
+    _save(tmp_path / "low.safetensors", low.config, charset, low)
+    again = CRNN(_refined_config(charset))
+    report = transfer_weights(again, charset, load_checkpoint(tmp_path / "low.safetensors"))
+    assert report.rank == 0
+    torch.testing.assert_close(_logits(again, images), _logits(full, images), atol=1e-5, rtol=1e-5)
+
+
+def test_transfer_to_a_lower_rank_keeps_the_best_approximation(tmp_path):
+    """Cutting a rank keeps the leading singular directions (Eckart-Young), and says how much energy they hold."""
+    charset = Charset.from_spec("36")
+    full = CRNN(_refined_config(charset))
+    _save(tmp_path / "full.safetensors", full.config, charset, full)
+    low = CRNN(_refined_config(charset, refine_rank=2))
+    report = transfer_weights(low, charset, load_checkpoint(tmp_path / "full.safetensors"))
+    kept = total = 0.0
+    for name, p in full.sequence.named_parameters():
+        if name.startswith("weight_refine"):
+            U, S, Vh = torch.linalg.svd(p.detach().double(), full_matrices=False)
+            best = (U[:, :2] * S[:2]) @ Vh[:2]
+            product = getattr(low.sequence, name).double() @ getattr(low.sequence, name.replace("weight_refine", "weight_refine_down")).double()
+            torch.testing.assert_close(product, best, atol=1e-6, rtol=1e-5)
+            kept, total = kept + float((S[:2] ** 2).sum()), total + float((S**2).sum())
+    assert 0 < report.rank_energy < 1 and report.rank_energy == pytest.approx(kept / total)
+
+
+def test_transfer_vanilla_to_low_rank_start_as_vanilla(tmp_path):
+    charset = Charset.from_spec("36")
+    vanilla = _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+    low = CRNN(_refined_config(charset, refine_init="vanilla", refine_rank=2))
+    report = transfer_weights(low, charset, load_checkpoint(tmp_path / "v.safetensors"))
+    assert len(report.fresh) == 8 and report.rank is None  # W_up and W_down of 2 layers x 2 directions
+    torch.testing.assert_close(_logits(low, torch.ones(1, 1, 32, 48)), _logits(vanilla, torch.ones(1, 1, 32, 48)))
+
+
+def test_transfer_refuses_a_rank_change_with_other_changes(tmp_path):
+    charset = Charset.from_spec("36")
+    full = CRNN(_refined_config(charset))
+    _save(tmp_path / "full.safetensors", full.config, charset, full)
+    other = CRNN(_refined_config(charset, refine_rank=2, forget_bias=1.0))
+    with pytest.raises(CheckpointError, match="architecture differs"):
+        transfer_weights(other, charset, load_checkpoint(tmp_path / "full.safetensors"))
+
+
+def test_ablation_variant_names_take_a_rank():
+    """benchmarks/refine_ablation.py (and rnn_speed.py --variants) spell a rank as r<N>."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "refine_ablation.py"
+    spec = importlib.util.spec_from_file_location("refine_ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    values = ablation.parse_variant("add-io-vstart-tanh-r16")
+    assert values["refine_rank"] == 16 and values["refine_gates"] == ["i", "o"] and values["refine_init"] == "vanilla"
+    assert ablation.layer_options(values)["refine_rank"] == 16
+    assert ablation.parse_variant("add-io")["refine_rank"] == 0
+    with pytest.raises(ValueError, match="needs refine"):
+        ablation.parse_variant("none-r4")
+
+
+def test_export_refactors_projections(tmp_path):
+    """`textrec export --refine-rank R`: the same model with its projections factored (exact where they have rank R)."""
+    from cliutil import assert_one_clear_line, invoke
+
+    charset = Charset.from_spec("36")
+    full = _rank_limited(CRNN(_refined_config(charset)), 2)
+    _save(tmp_path / "full.safetensors", full.config, charset, full)
+    result = invoke("export", str(tmp_path / "full.safetensors"), str(tmp_path / "low.safetensors"), "--refine-rank", "2")
+    assert result.exit_code == 0, result.output
+    assert "refined projections at rank 2 (100% of their energy kept)" in result.output
+    low = load_checkpoint(tmp_path / "low.safetensors")
+    assert low.model_config.refine_rank == 2 and low.info["refactored"] == {"rank": 2, "energy_kept": 1.0}
+    images = torch.randn(2, 1, 32, 64)
+    torch.testing.assert_close(_logits(low.build_model(), images), _logits(full, images), atol=1e-5, rtol=1e-5)
+
+    vanilla = _save(tmp_path / "v.safetensors", CRNNConfig(num_classes=charset.num_classes, **TINY), charset)
+    assert vanilla is not None
+    result = invoke("export", str(tmp_path / "v.safetensors"), str(tmp_path / "x.safetensors"), "--refine-rank", "2")
+    assert_one_clear_line(result, "v.safetensors", "vanilla gates")
+    result = invoke("export", str(tmp_path / "full.safetensors"), str(tmp_path / "y.safetensors"), "--refine-rank", "16")
+    assert_one_clear_line(result, "--refine-rank 16", "below hidden_size=16")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()

@@ -29,6 +29,7 @@ VARIANTS = {
     "mul-all-vstart": dict(refine="mul", refine_init="vanilla"),
     "add-map": dict(refine="add", input_map=True),
     "mul-f": dict(refine="mul", refine_gates=("f",)),
+    "add-io-vstart-tanh-rank2": dict(refine="add", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh", refine_rank=2),
 }
 CALLS = {"forward": 0, "backward": 0}
 

@@ -209,7 +209,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 # before anything is allocated from it (a crafted hidden size would otherwise allocate terabytes).
 _MAX_CHECKPOINT_BYTES = 4 << 30
 _PREPROCESS_BOUNDS = {"height": (32, 1024), "width": (8, 8192), "min_width": (0, 8192)}  # 32: the VGG's four halvings and 2x2 conv
-_MODEL_BOUNDS = {"hidden_size": (1, 8192), "num_layers": (1, 16), "num_classes": (2, 1 << 20), "in_channels": (1, 1)}
+_MODEL_BOUNDS = {"hidden_size": (1, 8192), "num_layers": (1, 16), "num_classes": (2, 1 << 20), "in_channels": (1, 1), "refine_rank": (0, 8192)}
 _MAX_CHANNELS = 8192
 
 

@@ -64,14 +64,19 @@ def output_format(output: str | Path, requested: str | None = None) -> str:
 
 def export_safetensors(
     source: str | Path, output: str | Path, half: bool = False, dynamic_width: bool | None = None,
-    min_width: int | None = None,
+    min_width: int | None = None, refine_rank: int | None = None,
 ) -> Checkpoint:
     """Copy a checkpoint, with floating-point weights stored as float16 when `half` (half the size).
 
     Loading casts the weights back to the model's float32, so a half copy needs no flag to use.
     `dynamic_width` and `min_width` (None: as the source) set how inference pads its batches (see Preprocess).
+    `refine_rank` (None: as the source) factors the refined gates' projections to that rank (0: full) as
+    `textrec train --init-from` does (`textrec.transfer.refactor_projections`); the copy's info records the rank
+    and the share of the projections' energy kept ("refactored").
     """
     checkpoint = load_checkpoint(source)
+    if refine_rank is not None and refine_rank != checkpoint.model_config.refine_rank:
+        _refactor(checkpoint, refine_rank)
     if dynamic_width is not None:
         checkpoint.preprocess = dataclasses.replace(checkpoint.preprocess, dynamic_width=dynamic_width)
     if min_width is not None:
@@ -85,6 +90,23 @@ def export_safetensors(
         checkpoint.info = {**checkpoint.info, "stored_as": "float16"}
     save_checkpoint(output, checkpoint)
     return checkpoint
+
+
+def _refactor(checkpoint: Checkpoint, rank: int) -> None:
+    """`checkpoint` (in place) with its refined projections at `rank` (see `export_safetensors`)."""
+    from .transfer import refactor_projections  # transfer imports this module's neighbours; keep the cycle out
+
+    if checkpoint.model_config.refine == "none":
+        raise ConfigError(f"--refine-rank: {checkpoint.source} has vanilla gates, so no projections to factor")
+    config = dataclasses.replace(checkpoint.model_config, refine_rank=rank)
+    try:
+        model = CRNN(config)
+    except ValueError as exc:
+        raise ConfigError(f"--refine-rank {rank}: {exc}") from None
+    state, energy = refactor_projections(checkpoint.state_dict, model.sequence)
+    model.load_state_dict(state)  # the factors fit the new architecture exactly
+    checkpoint.model_config, checkpoint.state_dict = config, state
+    checkpoint.info = {**checkpoint.info, "refactored": {"rank": rank, "energy_kept": round(energy, 4)}}
 
 
 # --- the recurrence as a graph loop -----------------------------------------------------------------------
@@ -209,7 +231,9 @@ def _loop_layers(rnn: GatedRNN, x: Tensor) -> Tensor:
         for direction in range(rnn.num_directions):
             p = rnn.layer_params(layer, direction)
             xd = x.flip(0) if direction else x
-            xt = refinement_input(xd, p["w_refine"], rnn.hidden_size, rnn.refine_gates, rnn.short_connection)
+            xt = refinement_input(
+                xd, p["w_refine"], rnn.hidden_size, rnn.refine_gates, rnn.short_connection, p["w_refine_down"]
+            )
             if rnn.mode == "lstm" and not (xt is not None and rnn.refine == "mul"):
                 out = _lstm_add_layer(rnn, xd, xt, p)
             else:  # GRU, MGU and `mul` LSTMs: the general loops

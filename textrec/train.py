@@ -55,7 +55,7 @@ from .transfer import seeds_behind, transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
 ARCHITECTURE_KEYS = (
-    "rnn", "refine", "refine_gates", "refine_init", "refine_bound", "forget_bias", "input_map",
+    "rnn", "refine", "refine_gates", "refine_init", "refine_bound", "forget_bias", "input_map", "refine_rank",
     "hidden_size", "backbone", "channels", "dropout", "charset", "height", "width", "keep_ratio",
 )
 # Options that give the run its meaning: a resumed run keeps them unless told otherwise (--accept-changes).
@@ -94,6 +94,7 @@ class TrainConfig:
     refine_bound: str = "none"  # "tanh": bounded short connection
     forget_bias: float = 0.0  # 0: torch's random init; else the LSTM forget-gate bias at init
     input_map: bool = False  # linear map before each recurrent layer: x̃ = x_t, no projection
+    refine_rank: int = 0  # 0: full projections x̃ = W x; r: low-rank ones W_up W_down (docs/refined_gates.md)
     # The short connection's projections learn at lr × this. Adam moves a zero-initialised weight by about
     # lr per step whether or not it helps; a smaller rate lets a start-as-vanilla refinement grow slowly
     # when it continues a trained vanilla model (docs/refined_gates.md, "Continuing a trained vanilla CRNN").
@@ -204,7 +205,7 @@ _INT_BOUNDS = {
     "max_steps": (1, 10**12), "batch_size": (1, 1 << 20), "warmup_steps": (0, 10**12), "hidden_size": (1, 8192),
     "height": (32, 1024), "width": (8, 8192), "val_interval": (1, 10**12), "log_interval": (1, 10**12),
     "save_interval": (1, 10**12), "workers": (0, 1024), "max_bad_steps": (1, 10**12), "seed": (-(2**63), 2**64 - 1),
-    "finish_ahead": (0, 64),
+    "finish_ahead": (0, 64), "refine_rank": (0, 8192),
 }
 
 
@@ -290,6 +291,7 @@ def model_config_for(config: TrainConfig, charset: Charset) -> CRNNConfig:
         refine_bound=config.refine_bound,
         forget_bias=float(config.forget_bias),
         input_map=bool(config.input_map),
+        refine_rank=config.refine_rank,
     )
 
 
@@ -553,6 +555,11 @@ class _Run:
             parts.append(f"{len(report.dropped)} dropped: {report.dropped!r}")
         if report.fresh:
             parts.append(f"refined gates start as vanilla ({len(report.fresh)} projections start at zero)")
+        if report.rank is not None:
+            parts.append(
+                f"refined projections at rank {report.rank} ({report.rank_energy:.0%} of their energy kept)"
+                if report.rank else "refined projections multiplied out to full rank"
+            )
         line = f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
         if self.config.seed in seeds_behind(report.lineage):
             line += (

@@ -5,7 +5,10 @@ over. The architecture must match; the charset may grow. One architecture change
 vanilla-gate checkpoint may start a refined model that starts as vanilla (`refine_init =
 "vanilla"`): every shared tensor is copied and the refinement's projections keep their zero
 initialisation, so the new network computes exactly what the old one did until training moves
-them. Rows of the CTC head are mapped by
+them. Another: a refined checkpoint may start the same model with its projections at another rank
+(`refine_rank`): each projection ``W_refine`` (the product of its factors, if it has them) is
+factored by a truncated SVD into ``W_up W_down`` with the singular values split evenly between the two,
+the best approximation of that rank (or multiplied out, for a full projection). Rows of the CTC head are mapped by
 character: a character the old model knew keeps its row; an upper-case letter new to a
 case-insensitive model starts as a copy of its lower-case row (the old model already fires on
 both shapes for it, and training only has to tell them apart); any other new character gets
@@ -26,7 +29,7 @@ from .model import CRNN
 
 HEAD_KEYS = ("head.weight", "head.bias")
 # Config keys in which a refined start-as-vanilla model may differ from its vanilla source.
-REFINEMENT_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound")
+REFINEMENT_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound", "refine_rank")
 
 
 @dataclass
@@ -43,6 +46,10 @@ class TransferReport:
     # Tensors the source lacks that keep their fresh values: the projections of refined gates
     # that start as vanilla (zero, so the outputs do not change).
     fresh: list[str] = field(default_factory=list)
+    # With a change of refine_rank: the new rank (0: full) and the share of the projections' squared
+    # singular values (energy) the new ones keep, summed over all of them (1.0 when nothing is cut).
+    rank: int | None = None
+    rank_energy: float = 1.0
 
 
 def samples_behind(checkpoint: Checkpoint) -> int:
@@ -61,7 +68,11 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
     old_config.pop("num_classes")
     new_config.pop("num_classes")
     fresh: list[str] = []
-    if old_config != new_config:
+    state = dict(checkpoint.state_dict)
+    rank_change = old_config != new_config and changes_rank(old_config, new_config)
+    if rank_change:
+        state, energy = refactor_projections(state, model.sequence)
+    elif old_config != new_config:
         if not refines_vanilla(old_config, new_config):
             hint = ""
             if _same_but_refinement(old_config, new_config) and old_config["refine"] == "none":
@@ -71,7 +82,6 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
                 f"({describe_config_difference(old_config, new_config)}){hint}"
             )
         fresh = sorted(k for k in model.state_dict() if k.startswith("sequence.weight_refine") and k not in checkpoint.state_dict)
-    state = dict(checkpoint.state_dict)
     own = model.state_dict()
     body = {k: v for k, v in state.items() if k not in HEAD_KEYS}
     load_weights_partial(model, body, checkpoint.source, keep=fresh)
@@ -83,6 +93,8 @@ def transfer_weights(model: CRNN, charset: Charset, checkpoint: Checkpoint) -> T
     floor = bias[1:].min() if len(old_chars) else bias[0]
     new_weight[0], new_bias[0] = weight[0], bias[0]  # the CTC blank
     report = TransferReport(source=checkpoint.source, kept=0, fresh=fresh)
+    if rank_change:
+        report.rank, report.rank_energy = new_config["refine_rank"], energy
     for k, c in enumerate(charset.chars, start=1):
         if c in old_index:
             row = old_index[c]
@@ -131,6 +143,38 @@ def refines_vanilla(old: dict, new: dict) -> bool:
         and new["refine_init"] == "vanilla"
         and _same_but_refinement(old, new)
     )
+
+
+def changes_rank(old: dict, new: dict) -> bool:
+    """Whether `new` is `old`'s refined network with its projections at another rank (`refine_rank`)."""
+    strip = lambda config: {k: v for k, v in config.items() if k != "refine_rank"}  # noqa: E731
+    return old["refine"] != "none" and strip(old) == strip(new) and old.get("refine_rank", 0) != new["refine_rank"]
+
+
+def refactor_projections(state: dict[str, torch.Tensor], rnn) -> tuple[dict[str, torch.Tensor], float]:
+    """`state` with its refined projections at `rnn`'s rank: each full projection W (the product of its
+    factors, where it has them) becomes W itself (rank 0) or ``W_up W_down`` by a truncated SVD, with the
+    singular values split evenly (``U √S``, ``√S Vᵀ``). Returns the new state and the share of the
+    squared singular values kept over all projections."""
+    state = dict(state)
+    rank, kept, total = rnn.refine_rank, 0.0, 0.0
+    for name, weight in rnn.named_parameters():
+        if not name.startswith("weight_refine") or name.startswith("weight_refine_down"):
+            continue
+        key, down_key = f"sequence.{name}", f"sequence.{name.replace('weight_refine', 'weight_refine_down')}"
+        full = state.pop(key).double()
+        down = state.pop(down_key, None)
+        if down is not None:
+            full = full @ down.double()
+        if not rank:
+            state[key] = full.to(weight.dtype)
+            continue
+        U, S, Vh = torch.linalg.svd(full, full_matrices=False)
+        root = S[:rank].sqrt()
+        state[key] = (U[:, :rank] * root).to(weight.dtype)
+        state[down_key] = (root[:, None] * Vh[:rank]).to(weight.dtype)
+        kept, total = kept + float((S[:rank] ** 2).sum()), total + float((S**2).sum())
+    return state, (kept / total if total else 1.0)
 
 
 def _same_but_refinement(old: dict, new: dict) -> bool:

@@ -10,7 +10,7 @@ from torch import nn
 from ..nn import GatedRNN
 from .backbones import BACKBONES, VGG_CHANNELS
 # Config keys that came after the first checkpoint format, with the values that reproduce it.
-OPTIONAL_DEFAULTS = {"refine_init": "default", "refine_bound": "none", "forget_bias": 0.0, "input_map": False}
+OPTIONAL_DEFAULTS = {"refine_init": "default", "refine_bound": "none", "forget_bias": 0.0, "input_map": False, "refine_rank": 0}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class CRNNConfig:
     refine_bound: str = "none"  # "tanh": x̃ = tanh(W_refine x)
     forget_bias: float = 0.0  # set at init: the bias of the gate that keeps the state (LSTM f)
     input_map: bool = False  # a linear map before each recurrent layer, so x̃ = x_t exactly
+    refine_rank: int = 0  # 0: full projections; r: low-rank W_up W_down (r < hidden_size)
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values. Keys added after the first format are left out while
@@ -92,6 +93,7 @@ class CRNN(nn.Module):
             refine_bound=config.refine_bound,
             forget_bias=config.forget_bias,
             input_map=config.input_map,
+            refine_rank=config.refine_rank,
         )
         self.head = nn.Linear(2 * config.hidden_size, config.num_classes)
 

@@ -50,9 +50,9 @@ def _bound(xt: Tensor, xform) -> Tensor:
     return torch.tanh(xt) if xform[0] == "tanh" else xt
 
 
-def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform) -> Tensor | None:
+def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform, w_up: Tensor | None = None) -> Tensor | None:
     """x̃ through its bound (tanh or none), before any offset: what a backward needs of it."""
-    return _bound(_split(proj, G, xt_in, True)[1], xform) if refined_blocks else None
+    return _bound(_split(proj, G, xt_in, True, w_up)[1], xform) if refined_blocks else None
 
 
 def _with_offset(bounded: Tensor | None, xform) -> Tensor | None:
@@ -125,6 +125,11 @@ def _accumulate_xt(terms, refine: str, out: Tensor) -> Tensor:
     return out
 
 
+def _low_rank_saved(proj: Tensor, w_up: Tensor | None) -> tuple:
+    """What a backward keeps of a low-rank projection: the joint product (its codes) and W_up."""
+    return (proj, w_up) if w_up is not None else (None, None)
+
+
 def _steps(t: Tensor, keep: bool, T: int) -> list[Tensor]:
     """Per-step views of a (D, T, ...) buffer, or the same (D, ...) scratch tensor T times."""
     return list(t.unbind(1)) if keep else [t] * T
@@ -134,12 +139,31 @@ def _block(t: Tensor, k: int, H: int) -> Tensor:
     return t[..., k * H : (k + 1) * H]
 
 
-def _split(proj: Tensor, G: int, xt_in: Tensor | None, refined: bool):
-    """Gate inputs and x̃ from the joint projection (x̃ is ``xt_in`` in the identity case)."""
+def _split(proj: Tensor, G: int, xt_in: Tensor | None, refined: bool, w_up: Tensor | None = None):
+    """Gate inputs and x̃ from the joint projection: its last block (a full projection), that block
+    mapped up by ``w_up`` (a low-rank one, `_low_rank`), or ``xt_in`` (the identity case)."""
     xg = proj if proj.shape[-1] == G else proj[..., :G]
     if not refined:
         return xg, None
+    if w_up is not None:
+        return xg, _low_rank(proj[..., G:], w_up)
     return xg, (proj[..., G:] if proj.shape[-1] > G else xt_in)
+
+
+def _low_rank(z: Tensor, w_up: Tensor) -> Tensor:
+    """x̃ = z W_up for a low-rank projection: (D, T, B, r) codes times (D, r, H), one product."""
+    D, T, B, r = z.shape
+    return torch.bmm(z.reshape(D, T * B, r), w_up).view(D, T, B, -1)
+
+
+def _low_rank_grad(d_xt: Tensor | None, proj: Tensor | None, w_up: Tensor | None, d_proj: Tensor, G: int) -> Tensor | None:
+    """Backward of `_low_rank`: writes the codes' gradient into ``d_proj``'s last block and returns W_up's."""
+    if w_up is None or d_xt is None:
+        return None
+    D, T, B, H = d_xt.shape
+    flat = d_xt.view(D, T * B, H)
+    d_proj[..., G:] = torch.bmm(flat, w_up.transpose(1, 2)).view(D, T, B, -1)
+    return torch.bmm(proj[..., G:].reshape(D, T * B, -1).transpose(1, 2), flat)
 
 
 def _with_initial(first: Tensor, T: int) -> Tensor:
@@ -149,8 +173,11 @@ def _with_initial(first: Tensor, T: int) -> Tensor:
     return buf
 
 
-def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None) -> Tensor:
-    """Where the gradient of x̃ goes: the projection's block of ``d_proj``, or a new tensor."""
+def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None, w_up: Tensor | None = None) -> Tensor:
+    """Where the gradient of x̃ goes: the projection's block of ``d_proj`` (a full projection), or a
+    new tensor (the identity case, and a low-rank projection, whose block holds the codes)."""
+    if w_up is not None:
+        return d_proj.new_empty(*d_proj.shape[:-1], w_up.shape[-1])
     return d_proj[..., G:] if d_proj.shape[-1] > G else torch.empty_like(xt_in)
 
 
@@ -208,12 +235,12 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=Fals
 
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, c0, w_t, G, refine, refined_blocks, xform, sink):
+    def forward(ctx, proj, xt_in, w_up, h0, c0, w_t, G, refine, refined_blocks, xform, sink):
         xg = _split(proj, G, xt_in, False)[0]
-        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         kernels = triton_steps.applies(xg)  # decided once: the backward runs the same way
         Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, _with_offset(bounded, xform), h0, c0, w_t, refine, refined_blocks, True, kernels)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf, *_low_rank_saved(proj, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform, kernels)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Cf
@@ -222,7 +249,7 @@ class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf, d_cn):
-        bounded, xt_in, w_t, S, V, Cf, TC, Hf = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, Cf, TC, Hf, proj, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform, kernels = ctx.cfg
         D, T, B, _ = S.shape
         H = G // 4
@@ -261,10 +288,11 @@ class LSTMRecurrence(torch.autograd.Function):
         if refined_blocks:
             parts = {0: (DC, g), 1: (DC, c_prev), 3: (DH, TC)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
-            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
+            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
+        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, dc, d_w_t, None, None, None, None, None
+        return d_proj, d_xt_in, d_w_up, dh0, dc, d_w_t, None, None, None, None, None
 
 
 def _step_dh(d_h: Tensor, dh_rec: Tensor | None, out: Tensor) -> Tensor:
@@ -327,11 +355,11 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, refined_blocks, keep):
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, b_hh, G, refine, refined_blocks, xform, sink):
+    def forward(ctx, proj, xt_in, w_up, h0, w_t, b_hh, G, refine, refined_blocks, xform, sink):
         xg = _split(proj, G, xt_in, False)[0]
-        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         Hf, (S, V, HH, Nn) = gru_forward(xg, _with_offset(bounded, xform), h0, w_t, b_hh, refine, refined_blocks, keep=True)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf, *_low_rank_saved(proj, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
@@ -340,7 +368,7 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        bounded, xt_in, w_t, S, V, HH, Nn, Hf = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, HH, Nn, Hf, proj, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, _ = HH.shape
         H = G // 3
@@ -379,10 +407,11 @@ class GRURecurrence(torch.autograd.Function):
         if refined_blocks:
             parts = {0: (DNP, hn), 1: (DH, hmn)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
-            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in))
+            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
+        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, d_b_hh, None, None, None, None, None
+        return d_proj, d_xt_in, d_w_up, dh0, d_w_t, d_b_hh, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ MGU (blocks f, n)
@@ -415,11 +444,11 @@ def mgu_forward(xg, xt, h0, w_t, refine, keep):
 
 class MGURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, xt_in, h0, w_t, G, refine, refined_blocks, xform, sink):
+    def forward(ctx, proj, xt_in, w_up, h0, w_t, G, refine, refined_blocks, xform, sink):
         xg = _split(proj, G, xt_in, False)[0]
-        bounded = _bounded(proj, G, xt_in, refined_blocks, xform)
+        bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         Hf, (S, V, FH, Nn) = mgu_forward(xg, _with_offset(bounded, xform), h0, w_t, refine, keep=True)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf)
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf, *_low_rank_saved(proj, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
@@ -428,7 +457,7 @@ class MGURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        bounded, xt_in, w_t, S, V, FH, Nn, Hf = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, FH, Nn, Hf, proj, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, H = S.shape
         uf, un = (w_t[..., k * H : (k + 1) * H].transpose(1, 2).contiguous() for k in range(2))
@@ -465,10 +494,11 @@ class MGURecurrence(torch.autograd.Function):
         )
         d_xt = None
         if refined_blocks:
-            d_xt = _accumulate_xt([(DF, 1.0, S)], refine, _xt_grad_target(d_proj, G, xt_in))
+            d_xt = _accumulate_xt([(DF, 1.0, S)], refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
+        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
-        return d_proj, d_xt_in, dh0, d_w_t, None, None, None, None, None
+        return d_proj, d_xt_in, d_w_up, dh0, d_w_t, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ layer driver
@@ -478,19 +508,24 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
     """Stack the per-direction parameters into the layout the recurrences use.
 
     ``w_in_t`` (D, I, rows) is ``[W_ih; W_refine]`` transposed, so one batched product gives
-    gate inputs and ``x̃``: one concatenation of all directions' matrices, read transposed by the
+    gate inputs and ``x̃`` (with a low-rank projection, ``[W_ih; W_down]`` and ``w_up_t`` (D, r, H),
+    so that product gives x̃'s codes and one more maps them up): one concatenation of all directions' matrices, read transposed by the
     product (as fast as a transposed copy, which would be a second copy); ``b_in`` folds ``b_hh``
     into ``b_ih`` wherever it is outside every nonlinearity (all but GRU, whose ``b_hn`` sits inside
     ``r ⊙ (...)``); ``w_hh_t`` (D, H, rows) is transposed and contiguous, the layout in which the
     per-step products run fastest.
     """
-    w_in, b_in, w_hh, b_hh = [], [], [], []
+    w_in, b_in, w_hh, b_hh, w_up = [], [], [], [], []
     for p in params:
         b = p["b_ih"] if mode == "gru" else p["b_ih"] + p["b_hh"]
         w_in.append(p["w_ih"])
         if refined and p["w_refine"] is not None:
-            w_in.append(p["w_refine"])
-            b = torch.cat((b, b.new_zeros(p["w_refine"].shape[0])), 0)
+            # A low-rank projection puts its down map here (x̃'s codes) and applies W_up after the product.
+            first = p["w_refine_down"] if p.get("w_refine_down") is not None else p["w_refine"]
+            w_in.append(first)
+            b = torch.cat((b, b.new_zeros(first.shape[0])), 0)
+            if first is not p["w_refine"]:
+                w_up.append(p["w_refine"].t())
         b_in.append(b)
         w_hh.append(p["w_hh"].t())
         b_hh.append(p["b_hh"])
@@ -500,7 +535,13 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
 
     D = len(params)
     w_in_t = torch.cat(w_in, 0).view(D, -1, w_in[0].shape[1]).transpose(1, 2)
-    return {"w_in_t": w_in_t, "b_in": stack(b_in), "w_hh_t": stack(w_hh), "b_hh": stack(b_hh)}
+    return {
+        "w_in_t": w_in_t,
+        "b_in": stack(b_in),
+        "w_hh_t": stack(w_hh),
+        "b_hh": stack(b_hh),
+        "w_up_t": stack(w_up) if w_up else None,
+    }
 
 
 def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, xform=("none", 0.0)):
@@ -518,21 +559,22 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
     blocks = GATE_ORDER[mode] if mode == "lstm" else SIGMOID_GATES[mode]
     refined_blocks = tuple(k for k, name in enumerate(blocks) if name in refined)
     xt_in = xd if (refined and proj.shape[-1] == G) else None
+    w_up = w.get("w_up_t")
     sink = {} if record else None
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (proj, h0, c0, w["w_hh_t"], w["b_hh"], xt_in)
+        t is not None and t.requires_grad for t in (proj, h0, c0, w["w_hh_t"], w["b_hh"], xt_in, w_up)
     )
     c_n = None
     if grad:
         args = (G, refine, refined_blocks, xform, sink)
         if mode == "lstm":
-            Hf, c_n = LSTMRecurrence.apply(proj, xt_in, h0, c0, w["w_hh_t"], *args)
+            Hf, c_n = LSTMRecurrence.apply(proj, xt_in, w_up, h0, c0, w["w_hh_t"], *args)
         elif mode == "gru":
-            Hf = GRURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], w["b_hh"], *args)
+            Hf = GRURecurrence.apply(proj, xt_in, w_up, h0, w["w_hh_t"], w["b_hh"], *args)
         else:
-            Hf = MGURecurrence.apply(proj, xt_in, h0, w["w_hh_t"], *args)
+            Hf = MGURecurrence.apply(proj, xt_in, w_up, h0, w["w_hh_t"], *args)
     else:
-        xg, xt = _split(proj, G, xt_in, bool(refined_blocks))
+        xg, xt = _split(proj, G, xt_in, bool(refined_blocks), w_up)
         xt = short_connection(xt, xform)
         # Both directions share each step's product unless their recurrent matrices together
         # outgrow a typical per-core L2 cache; then one direction after the other is faster

@@ -64,6 +64,12 @@ class GatedRNN(nn.Module):
         input_map: a learned linear map (with bias) in front of every layer whose input width
             differs from ``hidden_size``, so that the refinement's ``x̃_t`` is that layer's
             (mapped) input exactly, as in the paper, with no projection.
+        refine_rank: 0 (a full projection ``W_refine``, hidden × input) or r with
+            ``0 < r < hidden_size``: a low-rank one, ``W_refine = W_up W_down`` with
+            ``weight_refine_down_l{k}`` (r, input) and ``weight_refine_l{k}`` (hidden, r). It
+            costs ``r (input + hidden)`` multiply-adds per step instead of ``input × hidden``
+            (docs/refined_gates.md, "Low-rank projections"). Start-as-vanilla zeroes ``W_up``
+            only, so ``W_down`` still passes gradients to it.
 
     ``x̃_t`` is the layer input itself when its width equals ``hidden_size`` (and the layer
     does not start as vanilla) and a learned bias-free linear projection of it otherwise (the
@@ -103,6 +109,7 @@ class GatedRNN(nn.Module):
         refine_bound: str = "none",
         forget_bias: float = 0.0,
         input_map: bool = False,
+        refine_rank: int = 0,
     ):
         super().__init__()
         self.mode = check_mode(mode)
@@ -113,6 +120,7 @@ class GatedRNN(nn.Module):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         self.forget_bias = float(forget_bias)
         self.input_map = bool(input_map)
+        self.refine_rank = self._check_rank(refine_rank, hidden_size)
         if self.input_map and self.refine_init == "vanilla":
             raise ValueError(
                 "refine_init='vanilla' cannot be combined with input_map: the identity path makes x̃ the "
@@ -154,8 +162,26 @@ class GatedRNN(nn.Module):
                 self.register_parameter(f"bias_ih{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
                 self.register_parameter(f"bias_hh{sfx}", nn.Parameter(torch.empty(blocks * hidden_size, **factory)))
                 if self.refine_gates and (layer_input != hidden_size or self.refine_init == "vanilla"):
-                    self.register_parameter(f"weight_refine{sfx}", nn.Parameter(torch.empty(hidden_size, layer_input, **factory)))
+                    if self.refine_rank:
+                        self.register_parameter(
+                            f"weight_refine_down{sfx}", nn.Parameter(torch.empty(self.refine_rank, layer_input, **factory))
+                        )
+                    width = self.refine_rank or layer_input
+                    self.register_parameter(f"weight_refine{sfx}", nn.Parameter(torch.empty(hidden_size, width, **factory)))
         self.reset_parameters()
+
+    def _check_rank(self, rank, hidden_size) -> int:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"refine_rank must be a non-negative integer (0: a full projection), got {rank!r}")
+        if rank and self.refine == "none":
+            raise ValueError(f"refine_rank={rank} needs refine='add' or 'mul', not 'none'")
+        if rank and self.input_map:
+            raise ValueError("refine_rank cannot be combined with input_map: the identity path has no projection to factor")
+        if isinstance(hidden_size, int) and rank >= hidden_size > 0:
+            raise ValueError(
+                f"refine_rank={rank} saves nothing: it must be below hidden_size={hidden_size} (0 for a full projection)"
+            )
+        return rank
 
     @staticmethod
     def _suffix(layer: int, direction: int) -> str:
@@ -164,22 +190,24 @@ class GatedRNN(nn.Module):
     def reset_parameters(self) -> None:
         """torch's initialisation: every weight and bias uniform in ±1/sqrt(hidden_size).
 
-        Then, where asked: the input maps as ``nn.Linear`` (uniform in ±1/sqrt(input width)),
-        zero projections for a start-as-vanilla refinement, and the memory gate's bias. The
+        Then, where asked: the input maps and the two factors of a low-rank projection as
+        ``nn.Linear`` (uniform in ±1/sqrt(fan-in)), zero projections for a start-as-vanilla
+        refinement (of a low-rank one, ``W_up`` only), and the memory gate's bias. The
         zeroing and the biases come after the random draws, so a start-as-vanilla layer draws
         the same weights after the same seed as a default one with the same parameters.
         """
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, weight in self.named_parameters():
-            if "_map_" in name:
+            if "_map_" in name or (self.refine_rank and name.startswith("weight_refine")):
                 fan_in = getattr(self, name.replace("bias_map", "weight_map")).shape[1]
                 nn.init.uniform_(weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
             else:
                 nn.init.uniform_(weight, -bound, bound)
         with torch.no_grad():
             if self.refine_init == "vanilla":
-                for weight in self.short_connection_weights():
-                    weight.zero_()
+                for name, weight in self.named_parameters():
+                    if name.startswith("weight_refine") and not name.startswith("weight_refine_down"):
+                        weight.zero_()
             if self.forget_bias:
                 gate, sign = MEMORY_GATE[self.mode]
                 start = GATE_ORDER[self.mode].index(gate) * self.hidden_size
@@ -198,6 +226,7 @@ class GatedRNN(nn.Module):
             "b_ih": getattr(self, f"bias_ih{sfx}"),
             "b_hh": getattr(self, f"bias_hh{sfx}"),
             "w_refine": getattr(self, f"weight_refine{sfx}", None),
+            "w_refine_down": getattr(self, f"weight_refine_down{sfx}", None),
         }
 
     def extra_repr(self) -> str:
@@ -218,6 +247,8 @@ class GatedRNN(nn.Module):
             text += f", forget_bias={self.forget_bias}"
         if self.input_map:
             text += ", input_map=True"
+        if self.refine_rank:
+            text += f", refine_rank={self.refine_rank}"
         return text
 
     @property
@@ -323,7 +354,8 @@ class GatedRNN(nn.Module):
         return self._forward(x, state)
 
     def short_connection_weights(self) -> list[nn.Parameter]:
-        """The refined gates' projections ``weight_refine_l{k}[_reverse]`` (none without them)."""
+        """The refined gates' projections ``weight_refine_l{k}[_reverse]``, with the down maps of
+        low-rank ones (none without a projection)."""
         return [weight for name, weight in self.named_parameters() if name.startswith("weight_refine")]
 
     @property
@@ -356,7 +388,7 @@ class GatedRNN(nn.Module):
             for layer in range(self.num_layers)
             for direction in range(self.num_directions)
             for key, p in self.layer_params(layer, direction).items()
-            if key != "w_refine"
+            if key not in ("w_refine", "w_refine_down")
         ]
         with torch.autocast(x.device.type, enabled=False), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
@@ -454,8 +486,11 @@ def _autocast_dtype(device_type: str) -> torch.dtype:
     return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
-def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined, xform=("none", 0.0)) -> Tensor | None:
-    """``x̃``: the input itself when widths match, else its bias-free projection; None if unused.
+def refinement_input(
+    x: Tensor, w_refine: Tensor | None, hidden: int, refined, xform=("none", 0.0), w_down: Tensor | None = None
+) -> Tensor | None:
+    """``x̃``: the input itself when widths match, else its bias-free projection (``W_refine W_down x``
+    for a low-rank one); None if unused.
 
     ``xform = (bound, offset)``: "tanh" bounds it, and offset 1 (start-as-vanilla "mul") makes
     the factor ``1 + x̃``.
@@ -466,7 +501,7 @@ def refinement_input(x: Tensor, w_refine: Tensor | None, hidden: int, refined, x
         assert x.shape[-1] == hidden
         xt = x
     else:
-        xt = nn.functional.linear(x, w_refine)
+        xt = nn.functional.linear(x if w_down is None else nn.functional.linear(x, w_down), w_refine)
     return fused.short_connection(xt, xform)
 
 
@@ -483,7 +518,7 @@ def run_layer_eager(mode, x, params, h0, c0, refine, refined, record, xform=("no
     for d, p in enumerate(params):
         hidden = p["w_hh"].shape[1]
         xg = nn.functional.linear(x, p["w_ih"], p["b_ih"])
-        xt = refinement_input(x, p["w_refine"], hidden, refined, xform)
+        xt = refinement_input(x, p["w_refine"], hidden, refined, xform, p["w_refine_down"])
         state = (h0[d], c0[d]) if mode == "lstm" else h0[d]
         hs = [None] * T
         cs = [None] * T
