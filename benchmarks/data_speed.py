@@ -28,7 +28,7 @@ from torch import nn
 from textrec.charset import Charset
 from textrec.checkpoint import load_checkpoint
 from textrec.data.lmdb_store import close_all
-from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from textrec.data.training import open_sources, split_batch, step_loader
 from textrec.model import CRNN
 from textrec.nn import for_training, tensor_core_matmuls
 from textrec.predict import resolve_device
@@ -48,13 +48,9 @@ def data_rates(args, charset: Charset, preprocess, frames: int, device: torch.de
     finisher = Finisher(preprocess.height, preprocess.width, 0, device)
     sources, shares = open_sources(args.train_data, charset, frames, 0, {"max_frames": frames, "fonts": args.fonts or None})
     counts = split_batch(args.data_batch, shares)
-    loader = torch.utils.data.DataLoader(
-        TrainingSamples(sources, charset, finisher.canvas_size, preprocess.keep_ratio, finisher.scale),
-        batch_sampler=StepBatchSampler([s.size for s in sources], counts, 0, 0, 10**9),
-        collate_fn=Collate(charset),
-        num_workers=args.workers,
-        prefetch_factor=4 if args.workers else None,
-        pin_memory=device.type == "cuda",
+    loader = step_loader(
+        sources, counts, charset, finisher, preprocess.keep_ratio, 0, 0, 10**9, args.workers,
+        prefetch_factor=4 if args.workers else None, pin_memory=device.type == "cuda",
     )
     if args.workers:
         close_all()

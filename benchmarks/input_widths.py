@@ -22,7 +22,7 @@ import tomllib
 import torch
 
 from textrec.charset import Charset
-from textrec.data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from textrec.data.training import open_sources, split_batch, step_loader
 from textrec.model.backbones import BACKBONES
 from textrec.synth.pipeline import Finisher
 
@@ -62,12 +62,7 @@ def main() -> None:
     finisher = Finisher(height, width, args.seed, "cpu")
     fonts = recipe.get("synth_fonts") or None
     sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
-    loader = torch.utils.data.DataLoader(
-        TrainingSamples(sources, charset, finisher.canvas_size, True, finisher.scale),
-        batch_sampler=StepBatchSampler([s.size for s in sources], split_batch(args.batch_size, shares), args.seed, 0,
-                                       args.batches),
-        collate_fn=Collate(charset),
-    )
+    loader = step_loader(sources, split_batch(args.batch_size, shares), charset, finisher, True, args.seed, 0, args.batches)
     kinds: dict[str, list[float]] = {"synthetic": [], "real": []}
     for step, batch in enumerate(loader):
         canvas = finisher.canvas(batch.raw, step)

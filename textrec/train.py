@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
-from .data.training import Collate, StepBatchSampler, TrainingSamples, open_sources, split_batch
+from .data.training import open_sources, split_batch, step_loader
 from .distributed import World
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .evaluate import BenchmarkResult, combine, evaluate_dataset
@@ -743,14 +743,9 @@ class _Run:
             keep_ratio=config.keep_ratio, augment_real=config.augment,
         )
         # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
-        sampler = StepBatchSampler(
-            [s.size for s in sources], counts, config.seed, self.step, end, self.world.rank, self.world.size
-        )
-        loader = torch.utils.data.DataLoader(
-            TrainingSamples(sources, self.charset, self.finisher.canvas_size, config.keep_ratio, self.finisher.scale),
-            batch_sampler=sampler,
-            collate_fn=Collate(self.charset),
-            num_workers=config.workers,
+        loader = step_loader(
+            sources, counts, self.charset, self.finisher, config.keep_ratio, config.seed, self.step, end,
+            config.workers, self.world.rank, self.world.size,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
             # Its own generator: the loader must not draw from the global RNG, or a resumed run's

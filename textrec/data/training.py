@@ -264,3 +264,19 @@ class Collate:
             lengths.append(len(encoded))
         raw, labels = collate_raw(samples) if samples else (None, [])
         return Batch(raw, torch.tensor(targets, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), labels, errors)
+
+
+def step_loader(
+    sources: list[Source], counts: list[int], charset: Charset, finisher, keep_ratio: bool, seed: int,
+    start_step: int, max_steps: int, workers: int = 0, rank: int = 0, world: int = 1, **options,
+) -> torch.utils.data.DataLoader:
+    """The loader of steps `start_step` .. `max_steps - 1`: per step, `counts[g]` raw samples of each source group
+    (rank `rank` of `world` takes its share), loaded for `finisher` (its canvas and scale) and collated into one
+    `Batch`. `options` go to the DataLoader (pin_memory, prefetch_factor, generator, worker_init_fn)."""
+    return torch.utils.data.DataLoader(
+        TrainingSamples(sources, charset, finisher.canvas_size, keep_ratio, finisher.scale),
+        batch_sampler=StepBatchSampler([s.size for s in sources], counts, seed, start_step, max_steps, rank, world),
+        collate_fn=Collate(charset),
+        num_workers=workers,
+        **options,
+    )
