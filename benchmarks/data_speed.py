@@ -33,7 +33,7 @@ from textrec.model import CRNN
 from textrec.nn import for_training, tensor_core_matmuls
 from textrec.predict import resolve_device
 from textrec.synth.pipeline import Finisher
-from textrec.train import AMP_DTYPES, adamw, mixed_precision
+from textrec.train import AMP_DTYPES, adamw, mixed_precision, precision_name
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "default.safetensors")
 
@@ -142,7 +142,7 @@ def main() -> None:
     frames = CRNN(config).output_length(preprocess.width)
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "cpus": os.cpu_count(), "workers": args.workers, "width": preprocess.width,
-                    "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"}
+                    "precision": precision_name(amp_dtype)}
     if not args.skip_data:
         loader, scene = data_rates(args, charset, preprocess, frames, device)
         result["data_images_per_second"] = round(loader, 1)

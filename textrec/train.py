@@ -271,6 +271,11 @@ def mixed_precision(amp_dtype: str | None, device: torch.device) -> torch.dtype 
     return getattr(torch, amp_dtype)
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a run's precision is named (`mixed_precision`'s result): "float32", "bfloat16 mixed" or "float16 mixed"."""
+    return "float32" if amp_dtype is None else f"{str(amp_dtype).removeprefix('torch.')} mixed"
+
+
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), as torch's own checks say."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, present in torch 2.11-2.14
@@ -721,7 +726,7 @@ class _Run:
                 max_steps=config.max_steps,
                 processes=self.world.size,
                 time_budget=config.time_budget,
-                precision="float32" if self.amp_dtype is None else f"{str(self.amp_dtype).removeprefix('torch.')} mixed",
+                precision=precision_name(self.amp_dtype),
             )
         )
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_bfloat16():

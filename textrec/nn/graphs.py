@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .rnn import GatedRNN, _autocast_dtype
+from .rnn import GatedRNN, autocast_dtype
 
 
 class _Plain(nn.Module):
@@ -108,7 +108,7 @@ class GraphedTraining:
         # Under autocast the layer casts its input to float32 and runs without autocast inside; the
         # graph captures that cast. The autocast cache must be off while capturing (torch's rule).
         autocast = torch.is_autocast_enabled(self.device_type)
-        dtype = _autocast_dtype(self.device_type)  # the caller's (bfloat16 or float16), not the device's default
+        dtype = autocast_dtype(self.device_type)  # the caller's (bfloat16 or float16), not the device's default
         with self.quiet(), torch.autocast(self.device_type, dtype=dtype, enabled=autocast, cache_enabled=False):
             return self.make_graphed(plain, (sample,), allow_unused_input=True)
 

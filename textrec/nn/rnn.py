@@ -378,7 +378,7 @@ class GatedRNN(nn.Module):
     def torch_kernel(self, x: Tensor, state=None):
         """The layers through torch's fused RNN kernel (on any device; `forward` uses it on GPUs)."""
         # Under autocast the kernel runs in the autocast dtype, cast here rather than left to autocast's op lists.
-        dtype = _autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.weight_ih_l0.dtype
+        dtype = autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.weight_ih_l0.dtype
         if self.batch_first:
             x = x.transpose(0, 1)
         x = x.to(dtype)
@@ -479,7 +479,8 @@ def tensor_core_matmuls(device: torch.device | str):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype:
+def autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype autocast casts to on `device_type` (bfloat16 or float16 as the caller chose), in any torch this supports."""
     getter = getattr(torch, "get_autocast_dtype", None)  # torch >= 2.4; the older getters before
     if getter is not None:
         return getter(device_type)
