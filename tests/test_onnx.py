@@ -277,3 +277,20 @@ def test_the_metadata_of_a_foreign_graph_is_refused(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not protobuf at all" * 3)
     with pytest.raises(CheckpointError, match="junk.onnx"):
         read_onnx_metadata(tmp_path / "junk.onnx")
+
+
+@needs_ort
+def test_the_export_check_still_catches_a_graph_of_other_weights(tmp_path):
+    """check_onnx allows ten times the model's own float32 rounding (for ill-conditioned models); a graph that computes
+    something else (here: one weight of the recurrent layer changed by 5 %) must still fail."""
+    from textrec.errors import CheckpointError
+
+    checkpoint = load_checkpoint(tiny_checkpoint(tmp_path / "tiny.safetensors", rnn="lstm", refine="add", refine_gates=("i", "o"),
+                                                 refine_bound="tanh"))
+    data = onnx_bytes(checkpoint)
+    assert check_onnx(checkpoint, data) < 1e-4
+    state = dict(checkpoint.state_dict)
+    state["sequence.weight_hh_l0"] = state["sequence.weight_hh_l0"] * 1.05
+    other = Checkpoint(checkpoint.model_config, checkpoint.charset, checkpoint.preprocess, state, source="other")
+    with pytest.raises(CheckpointError, match="other: the ONNX graph's outputs differ from the model's"):
+        check_onnx(other, data)
