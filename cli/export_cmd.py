@@ -38,7 +38,7 @@ def export(
     int8: bool = typer.Option(
         False, "--int8",
         help="onnx: LSTM and matrix-product weights in int8 (onnxruntime's dynamic quantisation: half the size, "
-        "1.1-1.25x faster on CPU for the shipped model, which reads IC13_857 at 88.56 % instead of 88.33 %; docs/deploy.md). "
+        "1.1-1.25x faster on CPU for the shipped model, which reads IC13_857 at 88.56 % instead of 88.45 %; docs/deploy.md). "
         "Needs onnxruntime.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),

@@ -40,7 +40,7 @@ def documented_twin_args() -> str:
 
 
 def vanilla(config):
-    return dataclasses.replace(config, refine="none", refine_gates=None, refine_init="default", refine_bound="none")
+    return dataclasses.replace(config, refine="none", refine_gates=None, refine_init="default", refine_bound="none", refine_rank=0)
 
 
 def test_the_recipe_continues_the_shipped_model_exactly():

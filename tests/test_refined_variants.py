@@ -9,6 +9,7 @@ float kernels: comparisons use tolerances, and no test asserts the outcome of a 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -431,11 +432,13 @@ def test_checkpoint_without_variant_keys_loads_as_before(tmp_path):
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
 def test_shipped_model_has_the_refined_layer_of_its_recipe():
-    """Issue 12: the shipped recurrent layer is refined (add on i, o, tanh-bounded; started as vanilla in lease 3)."""
+    """Issue 12: the shipped recurrent layer is refined (add on i, o, tanh-bounded; started as vanilla in lease 3;
+    rank-16 projections since 2026-11-28), as the recipe the next lease continues it with."""
     config = load_checkpoint(SHIPPED).model_config
-    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound, config.forget_bias, config.input_map) == (
-        "add", ("i", "o"), "vanilla", "tanh", 0.0, False,
-    )
+    assert (config.refine, config.refine_gates, config.refine_init, config.refine_bound, config.forget_bias, config.input_map,
+            config.refine_rank) == ("add", ("i", "o"), "vanilla", "tanh", 0.0, False, 16)
+    recipe = tomllib.loads((SHIPPED.parent / "model2.toml").read_text(encoding="utf-8"))
+    assert (recipe["refine"], recipe["refine_gates"], recipe["refine_bound"], recipe["refine_rank"]) == ("add", "i,o", "tanh", 16)
 
 
 # ---------------------------------------------------------------- transfer: vanilla -> refined start-as-vanilla
@@ -503,14 +506,15 @@ def test_shipped_model_starts_a_refined_model_unchanged(tmp_path):
     from textrec.checkpoint import Checkpoint, save_checkpoint
 
     shipped = load_checkpoint(SHIPPED)
-    plain = dataclasses.replace(shipped.model_config, refine="none", refine_gates=None, refine_init="default", refine_bound="none")
+    plain = dataclasses.replace(shipped.model_config, refine="none", refine_gates=None, refine_init="default", refine_bound="none",
+                                refine_rank=0)
     weights = {k: v for k, v in shipped.state_dict.items() if not k.startswith("sequence.weight_refine")}
     save_checkpoint(tmp_path / "vanilla.safetensors", Checkpoint(plain, shipped.charset, shipped.preprocess, weights))
     checkpoint = load_checkpoint(tmp_path / "vanilla.safetensors")
     vanilla = checkpoint.build_model()
     refined = CRNN(shipped.model_config)
     report = transfer_weights(refined, checkpoint.charset, checkpoint)
-    assert len(report.fresh) == 4  # the four projections start at zero
+    assert len(report.fresh) == 8  # the four rank-16 projections: W_up at zero, W_down fresh
     from textrec.predict import Recognizer
 
     images = Recognizer(vanilla, checkpoint.charset, checkpoint.preprocess).prepare(

@@ -333,7 +333,7 @@ def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
         raise RuntimeError("no batch was finished in another thread during the graphed steps (the check tested nothing)")
 
 
-REFINE_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound")
+REFINE_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound", "refine_rank")
 
 
 def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNConfig:
@@ -349,6 +349,7 @@ def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNCon
     return dataclasses.replace(
         config, refine=options.get("refine", "none"), refine_gates=tuple(gates) or None,
         refine_init=options.get("refine_init", "default"), refine_bound=options.get("refine_bound", "none"),
+        refine_rank=int(options.get("refine_rank", 0)),
     )
 
 

@@ -22,7 +22,7 @@
 #   3. validates the last checkpoint on both protocols, exports best and last as float16, and
 #      copies them with the logs to $OUT (the device tool brings that folder back).
 # TRAIN_ARGS adds `textrec train` options to the run, e.g. vanilla gates over the refined recipe:
-#   TRAIN_ARGS="--refine none --refine-gates all --refine-init default --refine-bound none"
+#   TRAIN_ARGS="--refine none --refine-gates all --refine-init default --refine-bound none --refine-rank 0"
 # MAX_STEPS=N trains a schedule of exactly N steps instead (a twin of an earlier run, with its INIT_FROM and
 # SEED); it stops early, state saved, if the lease's time runs out first.
 # SEED: the run's seed. Synthetic samples, their scene parameters and the real data's order are functions of

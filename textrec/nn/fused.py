@@ -4,7 +4,8 @@ What makes it fast on CPU (where per-op dispatch and memory traffic dominate):
 
 * the input side ``W_ih x_t + b`` of every time step and the refinement projection
   ``x̃_t = W_refine x_t`` come from one batched matrix product per layer, outside the
-  loop (``prepare_weights`` stacks the matrices); its gradient is built in one buffer;
+  loop (``prepare_weights`` stacks the matrices; a low-rank projection stacks its down map
+  there and maps the codes up with one more product); its gradient is built in one buffer;
 * both directions advance together: their recurrent products are one ``bmm`` over a
   leading direction axis (the reverse direction sees its input flipped in time);
 * the loops write into preallocated buffers with ``out=``, record nothing for autograd,
