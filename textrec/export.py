@@ -31,6 +31,7 @@ from .files import Unreadable, read_regular
 from .model import CRNN
 from .nn.gates import SIGMOID_GATES
 from .nn.rnn import GatedRNN, refinement_input
+from .transfer import refactor_projections
 
 FORMATS = ("safetensors", "onnx")
 SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx"}
@@ -94,8 +95,6 @@ def export_safetensors(
 
 def _refactor(checkpoint: Checkpoint, rank: int) -> None:
     """`checkpoint` (in place) with its refined projections at `rank` (see `export_safetensors`)."""
-    from .transfer import refactor_projections  # transfer imports this module's neighbours; keep the cycle out
-
     if checkpoint.model_config.refine == "none":
         raise ConfigError(f"--refine-rank: {checkpoint.source} has vanilla gates, so no projections to factor")
     config = dataclasses.replace(checkpoint.model_config, refine_rank=rank)
