@@ -9,6 +9,7 @@ import typer
 
 from textrec.export import FORMATS, export_onnx, export_safetensors, output_format
 from textrec.files import check_output_file
+from textrec.transfer import describe_rank_change
 
 from .common import console, fail, user_errors
 
@@ -61,8 +62,5 @@ def export(
         )
         refactored = written.info.get("refactored") if refine_rank is not None else None
         if refactored:
-            console.print(
-                f"refined projections at rank {refactored['rank']}"
-                + (f" ({refactored['energy_kept']:.0%} of their energy kept)" if refactored["rank"] else " (multiplied out)")
-            )
+            console.print(describe_rank_change(refactored["rank"], refactored["energy_kept"]))
     console.print(f"wrote {output} ({chosen}, {output.stat().st_size / 1e6:.1f} MB)")

@@ -51,7 +51,7 @@ from .nn import GatedRNN, GraphedTraining, for_training, tensor_core_matmuls
 from .predict import Recognizer, resolve_device
 from .synth.ahead import FinishAhead
 from .synth.pipeline import Finisher
-from .transfer import seeds_behind, transfer_weights
+from .transfer import describe_rank_change, seeds_behind, transfer_weights
 
 # Options that define the network and its input: a resumed run must keep them.
 ARCHITECTURE_KEYS = (
@@ -561,10 +561,7 @@ class _Run:
         if report.fresh:
             parts.append(f"refined gates start as vanilla ({len(report.fresh)} projections start at zero)")
         if report.rank is not None:
-            parts.append(
-                f"refined projections at rank {report.rank} ({report.rank_energy:.0%} of their energy kept)"
-                if report.rank else "refined projections multiplied out to full rank"
-            )
+            parts.append(describe_rank_change(report.rank, report.rank_energy))
         line = f"initialised from {path} ({report.samples_seen:,} samples behind it): {', '.join(parts)}"
         if self.config.seed in seeds_behind(report.lineage):
             line += (

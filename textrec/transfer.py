@@ -145,6 +145,13 @@ def refines_vanilla(old: dict, new: dict) -> bool:
     )
 
 
+def describe_rank_change(rank: int, energy_kept: float) -> str:
+    """How a change of `refine_rank` is reported (`textrec train --init-from`, `textrec export --refine-rank`)."""
+    if not rank:
+        return "refined projections multiplied out to full rank"
+    return f"refined projections at rank {rank} ({energy_kept:.0%} of their energy kept)"
+
+
 def changes_rank(old: dict, new: dict) -> bool:
     """Whether `new` is `old`'s refined network with its projections at another rank (`refine_rank`)."""
     strip = lambda config: {k: v for k, v in config.items() if k != "refine_rank"}  # noqa: E731

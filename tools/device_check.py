@@ -49,6 +49,7 @@ from textrec.nn.gates import parse_gate_names  # noqa: E402
 from textrec.synth.ahead import FinishAhead  # noqa: E402
 from textrec.synth.pipeline import Finisher, SynthSource, collate_raw, raw_real  # noqa: E402
 from textrec.train import adamw  # noqa: E402
+from textrec.transfer import REFINEMENT_KEYS  # noqa: E402
 
 
 def report(problem: str, error: BaseException) -> None:
@@ -333,16 +334,15 @@ def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
         raise RuntimeError("no batch was finished in another thread during the graphed steps (the check tested nothing)")
 
 
-REFINE_KEYS = ("refine", "refine_gates", "refine_init", "refine_bound", "refine_rank")
 
 
 def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNConfig:
     """The model `textrec train --config RECIPE --init-from CHECKPOINT $TRAIN_ARGS` trains: the checkpoint's
     architecture with the recipe's refined-gate options, overridden by those of `train_args`."""
-    options = {k: v for k, v in recipe.items() if k in REFINE_KEYS}
+    options = {k: v for k, v in recipe.items() if k in REFINEMENT_KEYS}
     words = shlex.split(train_args)
     options.update({words[i][2:].replace("-", "_"): words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--refine")})
-    if not any(k in options for k in REFINE_KEYS):
+    if not any(k in options for k in REFINEMENT_KEYS):
         return config
     gates = options.get("refine_gates") or "all"
     gates = parse_gate_names(gates) if isinstance(gates, str) else gates
