@@ -3,9 +3,10 @@
 What makes it fast on CPU (where per-op dispatch and memory traffic dominate):
 
 * the input side ``W_ih x_t + b`` of every time step and the refinement projection
-  ``x̃_t = W_refine x_t`` come from one batched matrix product per layer, outside the
+  ``x̃_t = W_refine x_t`` come from one matrix product per direction and layer, outside the
   loop (``prepare_weights`` stacks the matrices; a low-rank projection stacks its down map
-  there and maps the codes up with one more product); its gradient is built in one buffer;
+  there and maps the codes up with one more product); `projection.py` runs them, through
+  oneDNN on CPU, with a backward of its own; their gradient is built in one buffer;
 * both directions advance together: their recurrent products are one ``bmm`` over a
   leading direction axis (the reverse direction sees its input flipped in time);
 * the loops write into preallocated buffers with ``out=``, record nothing for autograd,
@@ -13,6 +14,8 @@ What makes it fast on CPU (where per-op dispatch and memory traffic dominate):
 * the backward is written by hand: per step only the few ops the recurrence forces
   (about six), the per-step factors (σ', products of saved activations) computed for all
   steps at once and in place, and every weight gradient in one product afterwards;
+* on CPU, tanh over more than a few thousand elements is computed as 2 σ(2x) - 1 (`tanh`):
+  torch's CPU tanh is not vectorised, its sigmoid is;
 * on CUDA the LSTM's per-step element-wise work is one Triton kernel each way
   (``triton_steps.py``: a GPU is bound by the launches, not by this arithmetic).
 
@@ -28,6 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from . import triton_steps
 from .gates import GATE_ORDER, SIGMOID_GATES
+from .projection import InputProjection, directions, project
 
 
 def supports(x: Tensor) -> bool:
@@ -48,12 +52,42 @@ def short_connection(xt: Tensor | None, xform: tuple[str, float]) -> Tensor | No
 
 
 def _bound(xt: Tensor, xform) -> Tensor:
-    return torch.tanh(xt) if xform[0] == "tanh" else xt
+    if xform[0] != "tanh":
+        return xt
+    if torch.is_grad_enabled() and xt.requires_grad:  # the step-by-step path, under autograd
+        return torch.tanh(xt)
+    return tanh(xt, torch.empty_like(xt))
+
+
+# torch's CPU tanh is not vectorised in the builds this project runs (2.6 ns an element on AVX-512 and
+# AVX2 alike, against 0.4 ns for its sigmoid); tanh(x) = 2 σ(2x) - 1 in four vectorised passes is 3-4x
+# faster from a few thousand elements on. Below that, or where the sigmoid is no faster (torch's
+# portable kernels, other devices), torch.tanh.
+_SIGMOID_TANH = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+_SIGMOID_TANH_FROM = 4096
+
+
+def sigmoid_tanh_applies(x: Tensor) -> bool:
+    """Whether `tanh` computes tanh through the sigmoid for ``x``."""
+    return _SIGMOID_TANH and x.device.type == "cpu" and x.numel() >= _SIGMOID_TANH_FROM
+
+
+def tanh(x: Tensor, out: Tensor) -> Tensor:
+    """``torch.tanh(x, out=out)``, through ``2 σ(2x) - 1`` where that is faster (`sigmoid_tanh_applies`)."""
+    return _sigmoid_tanh(x, out) if sigmoid_tanh_applies(x) else torch.tanh(x, out=out)
+
+
+def _sigmoid_tanh(x: Tensor, out: Tensor) -> Tensor:
+    return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
 
 
 def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform, w_up: Tensor | None = None) -> Tensor | None:
-    """x̃ through its bound (tanh or none), before any offset: what a backward needs of it."""
-    return _bound(_split(proj, G, xt_in, True, w_up)[1], xform) if refined_blocks else None
+    """x̃ through its bound (tanh or none), before any offset: what a backward needs of it. (A low-rank
+    x̃ is a product of its own, which the bound overwrites.)"""
+    if not refined_blocks:
+        return None
+    xt = _split(proj, G, xt_in, True, w_up)[1]
+    return tanh(xt, xt) if (w_up is not None and xform[0] == "tanh") else _bound(xt, xform)
 
 
 def _with_offset(bounded: Tensor | None, xform) -> Tensor | None:
@@ -69,7 +103,7 @@ def _keeps_bounded(refine: str, xform) -> bool:
 def _bound_grad(d_xt: Tensor, bounded: Tensor | None, xform) -> Tensor:
     """Chain a gradient reaching the bounded x̃ back through tanh (1 - tanh², from the saved tanh), in place."""
     if xform[0] == "tanh":
-        d_xt.mul_(torch.addcmul(torch.ones_like(bounded), bounded, bounded, value=-1))
+        d_xt.addcmul_(d_xt * bounded, bounded, value=-1)  # d (1 - b²), with one temporary
     return d_xt
 
 
@@ -90,9 +124,9 @@ def _combine(sig: Tensor, r: Tensor, refine: str, out: Tensor) -> Tensor:
     return torch.mul(sig, r, out=out)
 
 
-def _slope(S: Tensor, r5: Tensor | None, refine: str, blocks: int, sl: slice | None) -> Tensor:
+def _slope(S: Tensor, r5: Tensor | None, refine: str, blocks: int, sl: slice | None, out: Tensor | None = None) -> Tensor:
     """d(gate value)/d(pre-activation) for every block: σ(1 - σ), times x̃ on the refined blocks for "mul"."""
-    K = torch.addcmul(S, S, S, value=-1)
+    K = torch.addcmul(S, S, S, value=-1, out=out)
     if r5 is not None and refine == "mul":
         K.view(*S.shape[:-1], blocks, -1)[..., sl, :].mul_(r5)
     return K
@@ -126,9 +160,10 @@ def _accumulate_xt(terms, refine: str, out: Tensor) -> Tensor:
     return out
 
 
-def _low_rank_saved(proj: Tensor, w_up: Tensor | None) -> tuple:
-    """What a backward keeps of a low-rank projection: the joint product (its codes) and W_up."""
-    return (proj, w_up) if w_up is not None else (None, None)
+def _low_rank_saved(proj: Tensor, G: int, w_up: Tensor | None) -> tuple:
+    """What a backward keeps of a low-rank projection: a copy of the codes (a view would keep the whole
+    joint product alive until the backward) and W_up."""
+    return (proj[..., G:].contiguous(), w_up) if w_up is not None else (None, None)
 
 
 def _steps(t: Tensor, keep: bool, T: int) -> list[Tensor]:
@@ -157,14 +192,14 @@ def _low_rank(z: Tensor, w_up: Tensor) -> Tensor:
     return torch.bmm(z.reshape(D, T * B, r), w_up).view(D, T, B, -1)
 
 
-def _low_rank_grad(d_xt: Tensor | None, proj: Tensor | None, w_up: Tensor | None, d_proj: Tensor, G: int) -> Tensor | None:
+def _low_rank_grad(d_xt: Tensor | None, codes: Tensor | None, w_up: Tensor | None, d_proj: Tensor, G: int) -> Tensor | None:
     """Backward of `_low_rank`: writes the codes' gradient into ``d_proj``'s last block and returns W_up's."""
     if w_up is None or d_xt is None:
         return None
     D, T, B, H = d_xt.shape
     flat = d_xt.view(D, T * B, H)
     d_proj[..., G:] = torch.bmm(flat, w_up.transpose(1, 2)).view(D, T, B, -1)
-    return torch.bmm(proj[..., G:].reshape(D, T * B, -1).transpose(1, 2), flat)
+    return torch.bmm(codes.view(D, T * B, -1).transpose(1, 2), flat)
 
 
 def _with_initial(first: Tensor, T: int) -> Tensor:
@@ -220,16 +255,29 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=Fals
     if sl is not None:
         S4_s, V4_s = (_steps(t.view(*t.shape[:-1], 4, H)[..., sl, :], keep, T) for t in (S, V))
         r_s = xt.unsqueeze(-2).unbind(1)
+    # tanh through the sigmoid where that is faster (`tanh`; decided once, as a step of a batch-1 inference
+    # is short enough for the check to show): the candidate's rides on the gates' sigmoid, its block doubled
+    # first and 2 σ - 1 written where the candidate goes.
+    by_sigmoid = sigmoid_tanh_applies(a_g)
+    S_g_s = [_block(t, 2, H) for t in S_s] if by_sigmoid else None
     h = h0
     for s in range(T):
         torch.baddbmm(xg_s[s], h, w_t, out=a)
+        if by_sigmoid:
+            a_g.mul_(2)
         torch.sigmoid(a, out=S_s[s])
         if sl is not None:
             _combine(S4_s[s], r_s[s], refine, V4_s[s])
-        torch.tanh(a_g, out=g_s[s])
+        if by_sigmoid:
+            torch.mul(S_g_s[s], 2, out=g_s[s]).sub_(1)
+        else:
+            torch.tanh(a_g, out=g_s[s])
         c = torch.mul(f_s[s], C_s[s], out=C_s[s + 1])
         c.addcmul_(i_s[s], g_s[s])
-        torch.tanh(c, out=TC_s[s])
+        if by_sigmoid:
+            _sigmoid_tanh(c, TC_s[s])
+        else:
+            torch.tanh(c, out=TC_s[s])
         h = torch.mul(o_s[s], TC_s[s], out=H_s[s + 1])
     return Hf, C_s[T], ((S, V, Cf, TC) if keep else None)
 
@@ -241,7 +289,7 @@ class LSTMRecurrence(torch.autograd.Function):
         bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         kernels = triton_steps.applies(xg)  # decided once: the backward runs the same way
         Hf, c_n, (S, V, Cf, TC) = lstm_forward(xg, _with_offset(bounded, xform), h0, c0, w_t, refine, refined_blocks, True, kernels)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf, *_low_rank_saved(proj, w_up))
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, Cf, TC, Hf, *_low_rank_saved(proj, G, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform, kernels)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Cf
@@ -250,7 +298,7 @@ class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf, d_cn):
-        bounded, xt_in, w_t, S, V, Cf, TC, Hf, proj, w_up = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, Cf, TC, Hf, codes, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform, kernels = ctx.cfg
         D, T, B, _ = S.shape
         H = G // 4
@@ -259,16 +307,17 @@ class LSTMRecurrence(torch.autograd.Function):
         i, f, g, o = _values(S, V, refined_blocks, 4, H, also=(2,))
         c_prev, h = Cf[:, :-1], Hf[:, 1:]
         # K becomes, in place: [σ_i'·g, σ_f'·c_prev, (1 - g²)·i, σ_o'·tanh c] so that
-        # dA_{i,f,g} = dc·K_{i,f,g} and dA_o = dh·K_o.
-        K = _slope(S, r5, refine, 4, _refined_slice(refined_blocks))
+        # dA_{i,f,g} = dc·K_{i,f,g} and dA_o = dh·K_o. The torch ops overwrite each step's K with its dA
+        # (K lives in d_proj: one buffer fewer to allocate and fault in); the Triton kernel keeps them apart.
+        d_proj = S.new_empty(D, T, B, N)
+        dA = d_proj[..., :G]
+        K = _slope(S, r5, refine, 4, _refined_slice(refined_blocks), out=None if kernels else dA)
         K_i, K_f, K_g, K_o = (_block(K, k, H) for k in range(4))
         K_i.mul_(g)
         K_f.mul_(c_prev)
         torch.mul(g, g, out=K_g).neg_().add_(1).mul_(i)
         K_o.mul_(TC)
         P = torch.addcmul(o, h, TC, value=-1)  # o (1 - tanh² c) = o - h tanh c
-        d_proj = S.new_empty(D, T, B, N)
-        dA = d_proj[..., :G]
         DC, DH = S.new_empty(D, T, B, H), S.new_empty(D, T, B, H)
         d_h_s, DC_s, DH_s, P_s, f_s, dA_s = (t.unbind(1) for t in (d_hf[:, 1:], DC, DH, P, f, dA))
         if kernels:
@@ -291,7 +340,7 @@ class LSTMRecurrence(torch.autograd.Function):
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
-        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
+        d_w_up = _low_rank_grad(d_xt, codes, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
         return d_proj, d_xt_in, d_w_up, dh0, dc, d_w_t, None, None, None, None, None
 
@@ -342,6 +391,7 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, refined_blocks, keep):
     if sl is not None:
         S2_s, V2_s = (_steps(t.view(*t.shape[:-1], 2, H)[..., sl, :], keep, T) for t in (S, V))
         r_s = xt.unsqueeze(-2).unbind(1)
+    by_sigmoid = sigmoid_tanh_applies(h0)  # tanh through the sigmoid (`tanh`), decided once as in the LSTM
     h = h0
     for s in range(T):
         torch.baddbmm(bias, h, w_t, out=HH_s[s])
@@ -349,7 +399,10 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, refined_blocks, keep):
         if sl is not None:
             _combine(S2_s[s], r_s[s], refine, V2_s[s])
         n = torch.addcmul(xn_s[s], rg_s[s], hn_s[s], out=N_s[s])
-        n.tanh_()
+        if by_sigmoid:
+            _sigmoid_tanh(n, n)
+        else:
+            n.tanh_()
         h = torch.lerp(n, h, z_s[s], out=H_s[s + 1])  # (1 - z) n + z h
     return Hf, ((S, V, HH, Nn) if keep else None)
 
@@ -360,7 +413,7 @@ class GRURecurrence(torch.autograd.Function):
         xg = _split(proj, G, xt_in, False)[0]
         bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         Hf, (S, V, HH, Nn) = gru_forward(xg, _with_offset(bounded, xform), h0, w_t, b_hh, refine, refined_blocks, keep=True)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf, *_low_rank_saved(proj, w_up))
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, HH, Nn, Hf, *_low_rank_saved(proj, G, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
@@ -369,7 +422,7 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        bounded, xt_in, w_t, S, V, HH, Nn, Hf, proj, w_up = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, HH, Nn, Hf, codes, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, _ = HH.shape
         H = G // 3
@@ -410,7 +463,7 @@ class GRURecurrence(torch.autograd.Function):
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
-        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
+        d_w_up = _low_rank_grad(d_xt, codes, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
         return d_proj, d_xt_in, d_w_up, dh0, d_w_t, d_b_hh, None, None, None, None, None
 
@@ -432,13 +485,18 @@ def mgu_forward(xg, xt, h0, w_t, refine, keep):
     xf_s, xn_s = xg[..., :H].unbind(1), xg[..., H:].unbind(1)
     S_s, V_s, FH_s, N_s = (_steps(t, keep, T) for t in (S, V, FH, Nn))
     r_s = None if xt is None else xt.unbind(1)
+    by_sigmoid = sigmoid_tanh_applies(h0)  # tanh through the sigmoid (`tanh`), decided once as in the LSTM
     h = h0
     for s in range(T):
         f = torch.baddbmm(xf_s[s], h, uf_t, out=S_s[s]).sigmoid_()
         if r_s is not None:
             f = _combine(f, r_s[s], refine, V_s[s])
         fh = torch.mul(f, h, out=FH_s[s])
-        torch.baddbmm(xn_s[s], fh, un_t, out=N_s[s]).tanh_()
+        n = torch.baddbmm(xn_s[s], fh, un_t, out=N_s[s])
+        if by_sigmoid:
+            _sigmoid_tanh(n, n)
+        else:
+            n.tanh_()
         h = torch.lerp(h, N_s[s], f, out=H_s[s + 1])  # (1 - f) h + f n
     return Hf, ((S, V, FH, Nn) if keep else None)
 
@@ -449,7 +507,7 @@ class MGURecurrence(torch.autograd.Function):
         xg = _split(proj, G, xt_in, False)[0]
         bounded = _bounded(proj, G, xt_in, refined_blocks, xform, w_up)
         Hf, (S, V, FH, Nn) = mgu_forward(xg, _with_offset(bounded, xform), h0, w_t, refine, keep=True)
-        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf, *_low_rank_saved(proj, w_up))
+        ctx.save_for_backward(bounded if _keeps_bounded(refine, xform) else None, xt_in, w_t, S, V, FH, Nn, Hf, *_low_rank_saved(proj, G, w_up))
         ctx.cfg = (G, proj.shape[-1], refine, refined_blocks, xform)
         if sink is not None:
             sink["sigmoid"], sink["value"], sink["state"] = S, V, Hf
@@ -458,7 +516,7 @@ class MGURecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hf):
-        bounded, xt_in, w_t, S, V, FH, Nn, Hf, proj, w_up = ctx.saved_tensors
+        bounded, xt_in, w_t, S, V, FH, Nn, Hf, codes, w_up = ctx.saved_tensors
         G, N, refine, refined_blocks, xform = ctx.cfg
         D, T, B, H = S.shape
         uf, un = (w_t[..., k * H : (k + 1) * H].transpose(1, 2).contiguous() for k in range(2))
@@ -497,7 +555,7 @@ class MGURecurrence(torch.autograd.Function):
         if refined_blocks:
             d_xt = _accumulate_xt([(DF, 1.0, S)], refine, _xt_grad_target(d_proj, G, xt_in, w_up))
             _bound_grad(d_xt, bounded, xform)
-        d_w_up = _low_rank_grad(d_xt, proj, w_up, d_proj, G)
+        d_w_up = _low_rank_grad(d_xt, codes, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
         return d_proj, d_xt_in, d_w_up, dh0, d_w_t, None, None, None, None, None
 
@@ -505,16 +563,18 @@ class MGURecurrence(torch.autograd.Function):
 # ------------------------------------------------------------------ layer driver
 
 
-def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> dict[str, Tensor]:
+def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...], training: bool = False) -> dict[str, Tensor]:
     """Stack the per-direction parameters into the layout the recurrences use.
 
-    ``w_in_t`` (D, I, rows) is ``[W_ih; W_refine]`` transposed, so one batched product gives
-    gate inputs and ``x̃`` (with a low-rank projection, ``[W_ih; W_down]`` and ``w_up_t`` (D, r, H),
-    so that product gives x̃'s codes and one more maps them up): one concatenation of all directions' matrices, read transposed by the
-    product (as fast as a transposed copy, which would be a second copy); ``b_in`` folds ``b_hh``
+    ``w_in`` (D, rows, I) is ``[W_ih; W_refine]``, so one product per direction gives gate inputs
+    and ``x̃`` (with a low-rank projection, ``[W_ih; W_down]`` and ``w_up_t`` (D, r, H), so that
+    product gives x̃'s codes and one more maps them up): one concatenation of all directions'
+    matrices (`projection.InputProjection` takes it in this layout); ``b_in`` folds ``b_hh``
     into ``b_ih`` wherever it is outside every nonlinearity (all but GRU, whose ``b_hn`` sits inside
-    ``r ⊙ (...)``); ``w_hh_t`` (D, H, rows) is transposed and contiguous, the layout in which the
-    per-step products run fastest.
+    ``r ⊙ (...)``); ``w_hh_t`` (D, H, rows) is ``W_hh`` transposed: a contiguous copy for inference
+    (a batch-1 product is fastest there, and the copy is cached), a view of the stacked ``W_hh`` for
+    ``training`` (at training batches the per-step product reads the view as fast, the backward's
+    products take the stack itself, and a transposing copy cost 1.5 ms a layer each way on CPU).
     """
     w_in, b_in, w_hh, b_hh, w_up = [], [], [], [], []
     for p in params:
@@ -528,18 +588,17 @@ def prepare_weights(mode: str, params: list[dict], refined: tuple[str, ...]) -> 
             if first is not p["w_refine"]:
                 w_up.append(p["w_refine"].t())
         b_in.append(b)
-        w_hh.append(p["w_hh"].t())
+        w_hh.append(p["w_hh"] if training else p["w_hh"].t())
         b_hh.append(p["b_hh"])
 
     def stack(ts):
         return torch.stack(ts) if len(ts) > 1 else ts[0].unsqueeze(0).contiguous()
 
     D = len(params)
-    w_in_t = torch.cat(w_in, 0).view(D, -1, w_in[0].shape[1]).transpose(1, 2)
     return {
-        "w_in_t": w_in_t,
+        "w_in": torch.cat(w_in, 0).view(D, -1, w_in[0].shape[1]),
         "b_in": stack(b_in),
-        "w_hh_t": stack(w_hh),
+        "w_hh_t": stack(w_hh).transpose(1, 2) if training else stack(w_hh),
         "b_hh": stack(b_hh),
         "w_up_t": stack(w_up) if w_up else None,
     }
@@ -550,16 +609,17 @@ def run_layer(mode, x, params, h0, c0, refine, refined, record, prepared=None, x
 
     Runs the autograd Function when a gradient is needed, else the bare loop (no buffers kept).
     """
-    T, B, I = x.shape
     D = len(params)
     H = params[0]["w_hh"].shape[1]
     G = len(GATE_ORDER[mode]) * H
-    w = prepared if prepared is not None else prepare_weights(mode, params, refined)
-    xd = x.unsqueeze(0) if D == 1 else torch.stack((x, x.flip(0)))
-    proj = torch.baddbmm(w["b_in"].unsqueeze(1), xd.reshape(D, T * B, I), w["w_in_t"]).view(D, T, B, -1)
+    w = prepared if prepared is not None else prepare_weights(mode, params, refined, training=True)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w["w_in"], w["b_in"])):
+        proj = InputProjection.apply(x, w["w_in"], w["b_in"])
+    else:
+        proj = project(directions(x, D), w["w_in"], w["b_in"])
     blocks = GATE_ORDER[mode] if mode == "lstm" else SIGMOID_GATES[mode]
     refined_blocks = tuple(k for k, name in enumerate(blocks) if name in refined)
-    xt_in = xd if (refined and proj.shape[-1] == G) else None
+    xt_in = directions(x, D) if (refined and proj.shape[-1] == G) else None  # the identity case: x̃ is x itself
     w_up = w.get("w_up_t")
     sink = {} if record else None
     grad = torch.is_grad_enabled() and any(
