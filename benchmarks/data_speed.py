@@ -150,8 +150,9 @@ def main() -> None:
         print(f"data: {loader:.0f} images/s ({args.workers} workers, {' '.join(args.train_data)})", flush=True)
         print(f"device stage: {scene:.0f} images/s (batch {args.data_batch}, {device})", flush=True)
     variants = {
-        "ours_vanilla": dict(refine="none", refine_gates=None, refine_init="default", refine_bound="none"),
-        # the refined layer to ship (issue 12; docs/model.md): add on i, o, tanh-bounded, started as vanilla
+        "ours_vanilla": dict(refine="none", refine_gates=None, refine_init="default", refine_bound="none", refine_rank=0),
+        # the shipped refined layer (issue 12; docs/model.md): add on i, o, tanh-bounded, started as vanilla, at the
+        # checkpoint's own rank (16 for the shipped one)
         "ours_refined_add_io": dict(refine="add", refine_gates=("i", "o"), refine_init="vanilla", refine_bound="tanh"),
         "torch_lstm": None,
     }
