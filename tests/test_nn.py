@@ -342,6 +342,24 @@ def test_invalid_inputs():
         rnn(packed)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "mgu"])
+@pytest.mark.parametrize("kwargs", [{}, dict(refine="add"), dict(refine="mul", refine_rank=2), dict(refine="add", input_map=True)],
+                         ids=["vanilla", "add", "mul-rank2", "add-map"])
+def test_empty_batch_gives_empty_outputs(mode, kwargs, fast):
+    # as torch.nn.LSTM does: (T, 0, D·H) out, (layers·D, 0, H) states, and a backward that runs
+    rnn = GatedRNN(mode, 8, 6, num_layers=2, bidirectional=True, **kwargs)
+    rnn.fast = fast
+    x = torch.randn(5, 0, 8, requires_grad=True)
+    out, state = rnn(x)
+    assert out.shape == (5, 0, 12)
+    assert (state[0] if mode == "lstm" else state).shape == (4, 0, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    with torch.no_grad():
+        assert rnn(x)[0].shape == (5, 0, 12)
+
+
 def test_from_torch_rejects_unsupported():
     with pytest.raises(ValueError, match="proj_size"):
         GatedRNN.from_torch(nn.LSTM(4, 4, proj_size=2))

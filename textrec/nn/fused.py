@@ -128,7 +128,7 @@ def _slope(S: Tensor, r5: Tensor | None, refine: str, blocks: int, sl: slice | N
     """d(gate value)/d(pre-activation) for every block: σ(1 - σ), times x̃ on the refined blocks for "mul"."""
     K = torch.addcmul(S, S, S, value=-1, out=out)
     if r5 is not None and refine == "mul":
-        K.view(*S.shape[:-1], blocks, -1)[..., sl, :].mul_(r5)
+        K.view(*S.shape[:-1], blocks, S.shape[-1] // blocks)[..., sl, :].mul_(r5)
     return K
 
 
@@ -189,7 +189,7 @@ def _split(proj: Tensor, G: int, xt_in: Tensor | None, refined: bool, w_up: Tens
 def _low_rank(z: Tensor, w_up: Tensor) -> Tensor:
     """x̃ = z W_up for a low-rank projection: (D, T, B, r) codes times (D, r, H), one product."""
     D, T, B, r = z.shape
-    return torch.bmm(z.reshape(D, T * B, r), w_up).view(D, T, B, -1)
+    return torch.bmm(z.reshape(D, T * B, r), w_up).view(D, T, B, w_up.shape[-1])
 
 
 def _low_rank_grad(d_xt: Tensor | None, codes: Tensor | None, w_up: Tensor | None, d_proj: Tensor, G: int) -> Tensor | None:
@@ -198,8 +198,9 @@ def _low_rank_grad(d_xt: Tensor | None, codes: Tensor | None, w_up: Tensor | Non
         return None
     D, T, B, H = d_xt.shape
     flat = d_xt.view(D, T * B, H)
-    d_proj[..., G:] = torch.bmm(flat, w_up.transpose(1, 2)).view(D, T, B, -1)
-    return torch.bmm(codes.view(D, T * B, -1).transpose(1, 2), flat)
+    r = w_up.shape[1]
+    d_proj[..., G:] = torch.bmm(flat, w_up.transpose(1, 2)).view(D, T, B, r)
+    return torch.bmm(codes.view(D, T * B, r).transpose(1, 2), flat)
 
 
 def _with_initial(first: Tensor, T: int) -> Tensor:

@@ -59,12 +59,12 @@ def project(xd: Tensor, w_in: Tensor, b_in: Tensor) -> Tensor:
     D, T, B, I = xd.shape
     flat = xd.reshape(D, T * B, I)
     if not onednn_applies(xd):
-        return torch.baddbmm(b_in.unsqueeze(1), flat, w_in.transpose(1, 2)).view(D, T, B, -1)
+        return torch.baddbmm(b_in.unsqueeze(1), flat, w_in.transpose(1, 2)).view(D, T, B, w_in.shape[1])
     out = xd.new_empty(D, T * B, w_in.shape[1])
     for d in range(D):
         # One direction at a time: the second product reuses the first's freed memory (fewer fresh pages than a stack).
         out[d] = _linear(flat[d], w_in[d], b_in[d])
-    return out.view(D, T, B, -1)
+    return out.view(D, T, B, w_in.shape[1])
 
 
 class InputProjection(torch.autograd.Function):
@@ -82,7 +82,7 @@ class InputProjection(torch.autograd.Function):
     def backward(ctx, d_proj):
         xd, w_in = ctx.saved_tensors
         D, T, B, I = xd.shape
-        flat = d_proj.reshape(D, T * B, -1)
+        flat = d_proj.reshape(D, T * B, w_in.shape[1])
         d_x = d_w = d_b = None
         if ctx.needs_input_grad[0]:
             if onednn_applies(flat):
