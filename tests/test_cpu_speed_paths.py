@@ -27,8 +27,10 @@ def _seed():
 
 @pytest.fixture(params=[True, False], ids=["onednn", "no-onednn"])
 def onednn(request, monkeypatch):
+    """oneDNN's products on (for every size: these layers are below its rows-per-thread floor) or off."""
     monkeypatch.setenv("TEXTREC_ONEDNN", "1" if request.param else "0")
-    if request.param and not projection.onednn_applies(torch.zeros(1)):
+    monkeypatch.setattr(projection, "_ROWS_PER_THREAD", 0)
+    if request.param and not projection.onednn_applies(torch.zeros(1), 1):
         pytest.skip("this torch has no oneDNN linear op for CPU float32: the layers take baddbmm (the no-onednn cases)")
     return request.param
 
@@ -41,14 +43,16 @@ def sigmoid_tanh(request, monkeypatch):
     return request.param
 
 
-def test_onednn_applies_only_to_cpu_float32(monkeypatch):
+def test_onednn_applies_only_to_cpu_float32_products_of_enough_rows(monkeypatch):
     monkeypatch.setenv("TEXTREC_ONEDNN", "1")
     available = projection._LINEAR is not None and torch.backends.mkldnn.is_available()
-    assert projection.onednn_applies(torch.zeros(1)) == available
-    assert not projection.onednn_applies(torch.zeros(1, dtype=torch.float64))
-    assert not projection.onednn_applies(torch.zeros(1, dtype=torch.bfloat16))
+    rows = projection._ROWS_PER_THREAD * torch.get_num_threads()
+    assert projection.onednn_applies(torch.zeros(1), rows) == available
+    assert not projection.onednn_applies(torch.zeros(1), rows - 1)  # few rows on many threads: MKL
+    assert not projection.onednn_applies(torch.zeros(1, dtype=torch.float64), rows)
+    assert not projection.onednn_applies(torch.zeros(1, dtype=torch.bfloat16), rows)
     monkeypatch.setenv("TEXTREC_ONEDNN", "0")
-    assert not projection.onednn_applies(torch.zeros(1))
+    assert not projection.onednn_applies(torch.zeros(1), rows)
 
 
 @pytest.mark.parametrize("D", [1, 2])

@@ -100,10 +100,11 @@ def _keeps_bounded(refine: str, xform) -> bool:
     return refine == "mul" or xform[0] != "none"
 
 
-def _bound_grad(d_xt: Tensor, bounded: Tensor | None, xform) -> Tensor:
-    """Chain a gradient reaching the bounded x̃ back through tanh (1 - tanh², from the saved tanh), in place."""
+def _bound_grad(d_xt: Tensor, bounded: Tensor | None, xform, scratch: Tensor | None = None) -> Tensor:
+    """Chain a gradient reaching the bounded x̃ back through tanh (1 - tanh², from the saved tanh), in place;
+    ``scratch`` (a buffer of x̃'s shape the backward is done with) spares a temporary."""
     if xform[0] == "tanh":
-        d_xt.addcmul_(d_xt * bounded, bounded, value=-1)  # d (1 - b²), with one temporary
+        d_xt.addcmul_(torch.mul(d_xt, bounded, out=scratch), bounded, value=-1)  # d (1 - b²)
     return d_xt
 
 
@@ -140,8 +141,12 @@ def _mul_factor(bounded: Tensor | None, refine: str, xform) -> Tensor | None:
 
 
 def _values(S: Tensor, V: Tensor, refined_blocks, blocks: int, H: int, also=()) -> list[Tensor]:
-    """Each block's gate value: the combination (V) for a refined block (and the blocks in ``also``,
-    which the recurrence writes into V), the sigmoid itself (S) for the others."""
+    """Each block's gate value: the combination (V) for a refined block, the sigmoid itself (S) for the
+    others. V holds either every block, and then also those in ``also``, which the recurrence writes
+    there; or, narrower than S, only the refined blocks in order (the LSTM's torch ops, `lstm_forward`),
+    and the blocks in ``also`` are written over their scratch in S."""
+    if V.shape[-1] < S.shape[-1]:
+        return [_block(V, refined_blocks.index(k), H) if k in refined_blocks else _block(S, k, H) for k in range(blocks)]
     return [_block(V if (k in refined_blocks or k in also) else S, k, H) for k in range(blocks)]
 
 
@@ -210,12 +215,15 @@ def _with_initial(first: Tensor, T: int) -> Tensor:
     return buf
 
 
-def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None, w_up: Tensor | None = None) -> Tensor:
+def _xt_grad_target(d_proj: Tensor, G: int, xt_in: Tensor | None, w_up: Tensor | None = None, spare: Tensor | None = None) -> Tensor:
     """Where the gradient of x̃ goes: the projection's block of ``d_proj`` (a full projection), or a
-    new tensor (the identity case, and a low-rank projection, whose block holds the codes)."""
-    if w_up is not None:
-        return d_proj.new_empty(*d_proj.shape[:-1], w_up.shape[-1])
-    return d_proj[..., G:] if d_proj.shape[-1] > G else torch.empty_like(xt_in)
+    (D, T, B, H) tensor (the identity case, and a low-rank projection, whose block holds the codes):
+    ``spare``, a buffer of that shape the backward is done with, else a new one."""
+    if w_up is None and d_proj.shape[-1] > G:
+        return d_proj[..., G:]
+    if spare is not None:
+        return spare
+    return d_proj.new_empty(*d_proj.shape[:-1], w_up.shape[-1]) if w_up is not None else torch.empty_like(xt_in)
 
 
 # ------------------------------------------------------------------ LSTM (blocks i, f, g, o)
@@ -234,8 +242,10 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=Fals
     shape = (D, T, B) if keep else (D, B)
     a = xg.new_empty(D, B, G)
     a_g = _block(a, 2, H)
-    S = xg.new_empty(*shape, G)  # sigmoids (the g block is scratch)
-    V = S if sl is None else xg.new_empty(*shape, G)  # refined gate values; tanh candidate in the g block
+    S = xg.new_empty(*shape, G)  # sigmoids (the g block is scratch, or holds the candidate: `_values`)
+    # The refined gates' values: every block for the Triton kernel (the candidate in the g block), else only
+    # the blocks the refinement writes (`_values`; half the memory for i, o).
+    V = S if sl is None else xg.new_empty(*shape, (G if kernels else len(range(4)[sl]) * H))
     TC = xg.new_empty(*shape, H)
     Hf = _with_initial(h0, T)
     Cf = _with_initial(c0, T) if keep else None
@@ -254,7 +264,9 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=Fals
         return Hf, C_s[T], ((S, V, Cf, TC) if keep else None)
     i_s, f_s, g_s, o_s = (_steps(t, keep, T) for t in _values(S, V, refined_blocks, 4, H, also=(2,)))
     if sl is not None:
-        S4_s, V4_s = (_steps(t.view(*t.shape[:-1], 4, H)[..., sl, :], keep, T) for t in (S, V))
+        S4_s = _steps(S.view(*shape, 4, H)[..., sl, :], keep, T)
+        V4 = V.view(*shape, V.shape[-1] // H, H)
+        V4_s = _steps(V4 if V.shape[-1] < G else V4[..., sl, :], keep, T)
         r_s = xt.unsqueeze(-2).unbind(1)
     # tanh through the sigmoid where that is faster (`tanh`; decided once, as a step of a batch-1 inference
     # is short enough for the check to show): the candidate's rides on the gates' sigmoid, its block doubled
@@ -339,8 +351,10 @@ class LSTMRecurrence(torch.autograd.Function):
         if refined_blocks:
             parts = {0: (DC, g), 1: (DC, c_prev), 3: (DH, TC)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
-            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up))
-            _bound_grad(d_xt, bounded, xform)
+            # P and, once the terms are summed, DH are spent: they hold x̃'s gradient and the bound's temporary
+            # (two 4-byte (D, T, B, H) buffers fewer to allocate and fault in)
+            d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up, spare=P))
+            _bound_grad(d_xt, bounded, xform, scratch=DH)
         d_w_up = _low_rank_grad(d_xt, codes, w_up, d_proj, G)
         d_xt_in = d_xt if (refined_blocks and N == G) else None
         return d_proj, d_xt_in, d_w_up, dh0, dc, d_w_t, None, None, None, None, None

@@ -9,8 +9,10 @@ oneDNN on CPU (below). Its backward returns the weight gradient in the weights' 
 On CPU, float32 products go through oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
 the op torch's own compiler emits for linear layers on CPU) where this torch has it: at CRNN shapes
 it ran 7-10 % faster than MKL's GEMM on this project's AMD EPYC development machine (MKL is tuned for
-Intel CPUs). ``TEXTREC_ONEDNN=0`` turns it off; elsewhere (other devices and dtypes, a torch
-without the op or with oneDNN disabled) the products are torch's ``baddbmm`` and ``bmm``.
+Intel CPUs). With several threads and few rows MKL's GEMM was the faster (41 rows on 2 threads: 9 %),
+so oneDNN takes products of at least 64 rows per thread. ``TEXTREC_ONEDNN=0`` turns it off;
+elsewhere (other devices and dtypes, a torch without the op or with oneDNN disabled) the products are
+torch's ``baddbmm`` and ``bmm``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ def _onednn_op():
 _LINEAR = _onednn_op()
 
 
-def onednn_applies(t: Tensor) -> bool:
-    """Whether the products with ``t`` run through oneDNN (see the module's docstring)."""
+_ROWS_PER_THREAD = 64
+
+
+def onednn_applies(t: Tensor, rows: int) -> bool:
+    """Whether products of ``rows`` rows of ``t`` run through oneDNN (see the module's docstring)."""
     return (
         _LINEAR is not None
         and t.device.type == "cpu"
         and t.dtype == torch.float32
+        and rows >= _ROWS_PER_THREAD * torch.get_num_threads()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and os.environ.get("TEXTREC_ONEDNN", "1") != "0"
@@ -58,7 +64,7 @@ def project(xd: Tensor, w_in: Tensor, b_in: Tensor) -> Tensor:
     """(D, T, B, N) products ``xd[d] W[d]ᵀ + b[d]`` of (D, T, B, I) inputs, (D, N, I) weights and (D, N) biases."""
     D, T, B, I = xd.shape
     flat = xd.reshape(D, T * B, I)
-    if not onednn_applies(xd):
+    if not onednn_applies(xd, T * B):
         return torch.baddbmm(b_in.unsqueeze(1), flat, w_in.transpose(1, 2)).view(D, T, B, w_in.shape[1])
     out = xd.new_empty(D, T * B, w_in.shape[1])
     for d in range(D):
@@ -85,7 +91,7 @@ class InputProjection(torch.autograd.Function):
         flat = d_proj.reshape(D, T * B, w_in.shape[1])
         d_x = d_w = d_b = None
         if ctx.needs_input_grad[0]:
-            if onednn_applies(flat):
+            if onednn_applies(flat, T * B):
                 parts = [_linear(flat[d], w_in[d].t(), None) for d in range(D)]
             else:
                 parts = list(torch.bmm(flat, w_in).unbind(0))
