@@ -334,8 +334,6 @@ def _meanwhile(work: Callable[[int], object] | None, device: torch.device):
         raise RuntimeError("no batch was finished in another thread during the graphed steps (the check tested nothing)")
 
 
-
-
 def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNConfig:
     """The model `textrec train --config RECIPE --init-from CHECKPOINT $TRAIN_ARGS` trains: the checkpoint's
     architecture with the recipe's refined-gate options, overridden by those of `train_args`."""

@@ -51,12 +51,13 @@ def short_connection(xt: Tensor | None, xform: tuple[str, float]) -> Tensor | No
     return None if xt is None else _with_offset(_bound(xt, xform), xform)
 
 
-def _bound(xt: Tensor, xform) -> Tensor:
+def _bound(xt: Tensor, xform, out: Tensor | None = None) -> Tensor:
+    """x̃ through its bound, into ``out`` (a new tensor if None) outside autograd."""
     if xform[0] != "tanh":
         return xt
     if torch.is_grad_enabled() and xt.requires_grad:  # the step-by-step path, under autograd
         return torch.tanh(xt)
-    return tanh(xt, torch.empty_like(xt))
+    return tanh(xt, torch.empty_like(xt) if out is None else out)
 
 
 # torch's CPU tanh is not vectorised in the builds this project runs (2.6 ns an element on AVX-512 and
@@ -74,11 +75,14 @@ def sigmoid_tanh_applies(x: Tensor) -> bool:
 
 def tanh(x: Tensor, out: Tensor) -> Tensor:
     """``torch.tanh(x, out=out)``, through ``2 σ(2x) - 1`` where that is faster (`sigmoid_tanh_applies`)."""
-    return _sigmoid_tanh(x, out) if sigmoid_tanh_applies(x) else torch.tanh(x, out=out)
+    return _tanh(x, out, sigmoid_tanh_applies(x))
 
 
-def _sigmoid_tanh(x: Tensor, out: Tensor) -> Tensor:
-    return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+def _tanh(x: Tensor, out: Tensor, by_sigmoid: bool) -> Tensor:
+    """`tanh` with the choice already made (the loops make it once per call)."""
+    if by_sigmoid:
+        return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+    return torch.tanh(x, out=out)
 
 
 def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform, w_up: Tensor | None = None) -> Tensor | None:
@@ -87,7 +91,7 @@ def _bounded(proj: Tensor, G: int, xt_in: Tensor | None, refined_blocks, xform, 
     if not refined_blocks:
         return None
     xt = _split(proj, G, xt_in, True, w_up)[1]
-    return tanh(xt, xt) if (w_up is not None and xform[0] == "tanh") else _bound(xt, xform)
+    return _bound(xt, xform, out=xt if w_up is not None else None)
 
 
 def _with_offset(bounded: Tensor | None, xform) -> Tensor | None:
@@ -287,10 +291,7 @@ def lstm_forward(xg, xt, h0, c0, w_t, refine, refined_blocks, keep, kernels=Fals
             torch.tanh(a_g, out=g_s[s])
         c = torch.mul(f_s[s], C_s[s], out=C_s[s + 1])
         c.addcmul_(i_s[s], g_s[s])
-        if by_sigmoid:
-            _sigmoid_tanh(c, TC_s[s])
-        else:
-            torch.tanh(c, out=TC_s[s])
+        _tanh(c, TC_s[s], by_sigmoid)
         h = torch.mul(o_s[s], TC_s[s], out=H_s[s + 1])
     return Hf, C_s[T], ((S, V, Cf, TC) if keep else None)
 
@@ -352,7 +353,7 @@ class LSTMRecurrence(torch.autograd.Function):
             parts = {0: (DC, g), 1: (DC, c_prev), 3: (DH, TC)}
             terms = [(*parts[k], _block(S, k, H)) for k in refined_blocks]
             # P and, once the terms are summed, DH are spent: they hold x̃'s gradient and the bound's temporary
-            # (two 4-byte (D, T, B, H) buffers fewer to allocate and fault in)
+            # (two (D, T, B, H) buffers fewer to allocate and fault in)
             d_xt = _accumulate_xt(terms, refine, _xt_grad_target(d_proj, G, xt_in, w_up, spare=P))
             _bound_grad(d_xt, bounded, xform, scratch=DH)
         d_w_up = _low_rank_grad(d_xt, codes, w_up, d_proj, G)
@@ -414,10 +415,7 @@ def gru_forward(xg, xt, h0, w_t, b_hh, refine, refined_blocks, keep):
         if sl is not None:
             _combine(S2_s[s], r_s[s], refine, V2_s[s])
         n = torch.addcmul(xn_s[s], rg_s[s], hn_s[s], out=N_s[s])
-        if by_sigmoid:
-            _sigmoid_tanh(n, n)
-        else:
-            n.tanh_()
+        _tanh(n, n, by_sigmoid)
         h = torch.lerp(n, h, z_s[s], out=H_s[s + 1])  # (1 - z) n + z h
     return Hf, ((S, V, HH, Nn) if keep else None)
 
@@ -507,11 +505,7 @@ def mgu_forward(xg, xt, h0, w_t, refine, keep):
         if r_s is not None:
             f = _combine(f, r_s[s], refine, V_s[s])
         fh = torch.mul(f, h, out=FH_s[s])
-        n = torch.baddbmm(xn_s[s], fh, un_t, out=N_s[s])
-        if by_sigmoid:
-            _sigmoid_tanh(n, n)
-        else:
-            n.tanh_()
+        _tanh(torch.baddbmm(xn_s[s], fh, un_t, out=N_s[s]), N_s[s], by_sigmoid)
         h = torch.lerp(h, N_s[s], f, out=H_s[s + 1])  # (1 - f) h + f n
     return Hf, ((S, V, FH, Nn) if keep else None)
 
