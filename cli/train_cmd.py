@@ -169,6 +169,11 @@ def train(
         help="Finish up to this many batches ahead in a background thread, on their own CUDA stream, while the step "
         "trains (0: in the training loop). Speed only: the images are the same.",
     ),
+    width_buckets: int = typer.Option(
+        0, min=0, max=4096,
+        help="Pool the batches of this many steps, sort their samples by width and train them as batches of similar "
+        "width, each cut to its widest sample: less work per sample (0: every batch padded to --width).",
+    ),
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."
     ),

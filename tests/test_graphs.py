@@ -215,7 +215,8 @@ def test_what_the_graphs_capture_sends_one_gradient_to_each_leaf(refine):
     assert {name: counts.get(id(p), 0) for name, p in module.named_parameters()} == {name: 1 for name, _ in module.named_parameters()}
 
 
-def test_training_holds_the_finish_ahead_thread_while_it_captures(monkeypatch, tmp_path):
+@pytest.mark.parametrize("buckets", [False, True], ids=["full-width", "width-buckets"])
+def test_training_holds_the_finish_ahead_thread_while_it_captures(monkeypatch, tmp_path, buckets):
     # On a GPU, batches are finished in another thread (--finish-ahead) while the first step captures the graphs;
     # torch 2.11 captures in "global" mode, where that thread's CUDA calls would spoil the capture. Here the
     # training loop's wiring, on the CPU: the capture runs with the FinishAhead thread held.
@@ -226,8 +227,8 @@ def test_training_holds_the_finish_ahead_thread_while_it_captures(monkeypatch, t
 
     held = []
 
-    def graphed_on_cpu(module, device, on_failure=None):
-        graphs = GraphedTraining(module, on_failure=on_failure, make_graphed=stand_in, device_type="cpu")
+    def graphed_on_cpu(module, device, on_failure=None, max_shapes=1):
+        graphs = GraphedTraining(module, on_failure=on_failure, make_graphed=stand_in, device_type="cpu", max_shapes=max_shapes)
         installed.append(graphs)
         return graphs
 
@@ -239,13 +240,49 @@ def test_training_holds_the_finish_ahead_thread_while_it_captures(monkeypatch, t
 
     installed, stand_in = [], Checking()
     monkeypatch.setattr(train_module, "for_training", graphed_on_cpu)
-    words = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in ("cat", "door", "gate", "text")])
+    # Batches of 2 from 6 words of three widths: a pool of 3 steps holds all 6, dealt out as 3 widths.
+    names = ("a", "to", "gate", "door", "international", "organization")
+    words = write_lmdb(tmp_path / "words", [(png_bytes(render_word(w)), w) for w in names])
     config = TrainConfig(
-        train_data=[str(words)], val_data=[], output=str(tmp_path / "run"), device="cpu", max_steps=3, batch_size=4,
+        train_data=[str(words)], val_data=[], output=str(tmp_path / "run"), device="cpu", max_steps=3, batch_size=2,
         refine="add", refine_gates=["i", "o"], channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16, workers=0,
-        finish_ahead=2, augment=False,
+        finish_ahead=2, augment=False, width_buckets=3 if buckets else 0,
     )
     result = train(config, TrainCallbacks())
     assert result.steps == 3
-    assert held == [True]  # one capture, with the thread held
+    shapes = {shape for shape, _ in stand_in.captures}
+    if buckets:  # a capture per width the buckets cut to (the words' widths differ), each with the thread held
+        assert len(shapes) == len(held) == 3 and all(held) and installed[0].max_shapes == 1 + 100 // 16
+    else:
+        assert held == [True]  # one capture, with the thread held
     assert stand_in.calls == 3 and installed[0].replays == 3  # every step ran the graphs (the first right after capturing)
+
+
+@pytest.mark.parametrize("widths", [None, (64, 32)], ids=["one-width", "two-widths"])
+def test_the_device_checks_graph_comparison_runs_each_width_it_is_given(widths, monkeypatch):
+    """tools/device_check.graphs_agree on the CPU with the stand-in: with two widths (width buckets) each is captured
+    when first seen and every step replays; a capture the layer could not make is reported."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import device_check
+    from textrec.model import CRNN, CRNNConfig
+
+    stand_in = StandIn()
+    monkeypatch.setattr(
+        device_check, "GraphedTraining",
+        lambda rnn, max_shapes=1: GraphedTraining(rnn, make_graphed=stand_in, device_type="cpu", max_shapes=max_shapes),
+    )
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    config = CRNNConfig(num_classes=37, refine="add", refine_gates=("i", "o"), channels=(8, 16, 16, 16, 32, 32, 32), hidden_size=16)
+    images = torch.randn(4, 1, 32, 64)
+    device_check.graphs_agree(config, images, steps=4, widths=widths)
+    assert [shape[0] for shape, _ in stand_in.captures] == ([17] if widths is None else [17, 9])  # frames of 64 and 32 px
+    if widths:  # one shape too few: the steps at the second width run the plain layer, and the check says so
+        monkeypatch.setattr(
+            device_check, "GraphedTraining",
+            lambda rnn, max_shapes=1: GraphedTraining(rnn, make_graphed=StandIn(), device_type="cpu", max_shapes=1),
+        )
+        with pytest.raises(RuntimeError, match="2 of 4 steps replayed the graphs"):
+            device_check.graphs_agree(config, images, steps=4, widths=widths)

@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
+from .data.buckets import DEFAULT_MULTIPLE, WidthBuckets
 from .data.training import open_sources, split_batch, step_loader
 from .distributed import World
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
@@ -64,7 +65,7 @@ ARCHITECTURE_KEYS = (
 # (ignored when resuming).
 RUN_KEYS = (
     "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
-    "refine_lr_scale", "warmup_steps", "grad_clip", "augment", "seed",
+    "refine_lr_scale", "warmup_steps", "grad_clip", "augment", "seed", "width_buckets",
 )
 # Files a run writes in its folder: a folder holding none of them, but other files, is not a run.
 RUN_FILES = ("config.json", "resume.pt", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -129,6 +130,10 @@ class TrainConfig:
     # Batches finished ahead by a background thread on their own CUDA stream while the step trains (0: in the
     # training loop). Speed only: the images are the same (textrec/synth/ahead.py).
     finish_ahead: int = 0
+    # Width-bucketed batches (textrec/data/buckets.py): the finished batches of this many steps are pooled, sorted
+    # by content width and trained as batches of similar width, each cut to its widest sample (0: every batch is
+    # padded to the full width). It decides which step trains which sample, so a run keeps it.
+    width_buckets: int = 0
     # Resume even though RUN_KEYS differ from the saved run's (the new values apply from here on).
     accept_changes: bool = False
 
@@ -205,7 +210,7 @@ _INT_BOUNDS = {
     "max_steps": (1, 10**12), "batch_size": (1, 1 << 20), "warmup_steps": (0, 10**12), "hidden_size": (1, 8192),
     "height": (32, 1024), "width": (8, 8192), "val_interval": (1, 10**12), "log_interval": (1, 10**12),
     "save_interval": (1, 10**12), "workers": (0, 1024), "max_bad_steps": (1, 10**12), "seed": (-(2**63), 2**64 - 1),
-    "finish_ahead": (0, 64), "refine_rank": (0, 8192),
+    "finish_ahead": (0, 64), "refine_rank": (0, 8192), "width_buckets": (0, 4096),
 }
 
 
@@ -738,32 +743,12 @@ class _Run:
         elif resumed is not None and self.schedule.spent():
             self.callbacks.on_event(f"the run has used its --time-budget of {config.time_budget:g} s: nothing to train")
             end = resumed
-        # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
-        scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
-        self.finisher = Finisher(
-            config.height, config.width, self.world.seed(config.seed), scene_device, self.preprocess.mean, self.preprocess.std,
-            keep_ratio=config.keep_ratio, augment_real=config.augment,
-        )
-        # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
-        loader = step_loader(
-            sources, counts, self.charset, self.finisher, config.keep_ratio, config.seed, self.step, end,
-            config.workers, self.world.rank, self.world.size,
-            persistent_workers=False,
-            pin_memory=self.device.type == "cuda",
-            # Its own generator: the loader must not draw from the global RNG, or a resumed run's
-            # random stream (dropout) would be shifted by one draw against the uninterrupted run.
-            generator=torch.Generator().manual_seed(config.seed),
-            worker_init_fn=_leave_termination_to_main_process,
-        )
-        if config.workers > 0:
-            close_all()  # the workers open their own LMDB environments
+        finished, buckets = self._batches(sources, counts, end)
         interrupted = False
         bad_in_a_row = 0
         started, images_seen, waited = time.perf_counter(), 0, 0.0
         self.model.train()
-        # Batch k is finished with the random parameters of step start + k, here or ahead in a thread.
-        finished = FinishAhead(loader, self.finisher.model_input, self.step, self.finisher.device, config.finish_ahead)
-        waits = _Waits(finished)
+        waits = _Waits(buckets or finished)
         if graphs is not None:  # the thread that finishes batches ahead waits while the graphs are captured
             graphs.quiet = finished.paused
         try:
@@ -806,7 +791,10 @@ class _Run:
                     lr = self.optimizer.param_groups[0]["lr"]
                     # the share of the interval spent waiting for batches: near 0, the steps set the pace; near 1, the data
                     data_wait = (waits.seconds - waited) / elapsed if elapsed > 0 else 0.0
-                    self.log({"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed, "data_wait": round(data_wait, 4)})
+                    record = {"step": self.step, "loss": loss, "lr": lr, "images_per_second": speed, "data_wait": round(data_wait, 4)}
+                    if buckets and buckets.full_pixels:  # the share of full-width work the buckets' batches did, so far
+                        record["width_share"] = round(buckets.pixels / buckets.full_pixels, 4)
+                    self.log(record)
                     self.callbacks.on_step(self.step, loss, lr, speed)
                     started, images_seen, waited = time.perf_counter(), 0, waits.seconds
                 if self.step % config.val_interval == 0 or last:
@@ -838,12 +826,50 @@ class _Run:
             output=str(self.output),
         )
 
+    def _batches(self, sources, counts: list[int], end: int) -> tuple[FinishAhead, WidthBuckets | None]:
+        """The finished batches of steps `self.step` .. `end - 1`, and the width buckets that regroup them (None
+        without --width-buckets): (batch, images) pairs, whichever of the two the loop iterates over."""
+        config = self.config
+        # The device stage finishes every batch: synthetic scenes and real-crop augmentation.
+        scene_device = self.device if config.scene_device == "auto" else resolve_device(config.scene_device)
+        self.finisher = Finisher(
+            config.height, config.width, self.world.seed(config.seed), scene_device, self.preprocess.mean, self.preprocess.std,
+            keep_ratio=config.keep_ratio, augment_real=config.augment,
+        )
+        # Width buckets regroup whole pools of steps: the data starts at the pool the run is in.
+        pool = config.width_buckets
+        first = self.step - self.step % pool if pool else self.step
+        # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
+        loader = step_loader(
+            sources, counts, self.charset, self.finisher, config.keep_ratio, config.seed, first, end,
+            config.workers, self.world.rank, self.world.size,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+            # Its own generator: the loader must not draw from the global RNG, or a resumed run's
+            # random stream (dropout) would be shifted by one draw against the uninterrupted run.
+            generator=torch.Generator().manual_seed(config.seed),
+            worker_init_fn=_leave_termination_to_main_process,
+        )
+        if config.workers > 0:
+            close_all()  # the workers open their own LMDB environments
+        # Batch k is finished with the random parameters of step first + k, here or ahead in a thread; buckets take a
+        # whole pool at a time, so a thread finishing ahead holds the next pool while the current one trains.
+        finish = self.finisher.model_input_and_widths if pool else self.finisher.model_input
+        ahead = config.finish_ahead + pool if config.finish_ahead else 0
+        finished = FinishAhead(loader, finish, first, self.finisher.device, ahead)
+        if not pool:
+            return finished, None
+        seed = self.world.seed(config.seed)
+        return finished, WidthBuckets(finished, pool, first, self.model.output_length, seed, skip=self.step - first)
+
     def _recurrence_graphs(self) -> GraphedTraining | None:
         """CUDA graphs for textrec's own recurrent kernel (refined gates, MGU) when training on one GPU:
         its per-step launches replayed as one (textrec/nn/graphs.py). TEXTREC_CUDA_GRAPHS=0 turns them off."""
         if self.world.distributed:
             return None
-        return for_training(getattr(self.model, "sequence", None), self.device, self.callbacks.on_event)
+        # Width buckets give one input length per cut width: each gets its graphs.
+        shapes = 1 + self.config.width // DEFAULT_MULTIPLE if self.config.width_buckets else 1
+        return for_training(getattr(self.model, "sequence", None), self.device, self.callbacks.on_event, shapes)
 
     def _loss(self, batch, images: torch.Tensor | None) -> "_Outcome":
         """One optimisation step on the batch, finished as `images` (None: nothing readable), on every rank's

@@ -9,7 +9,8 @@ one shape (fixed batch, images padded to the full width), which is what a graph 
 ``GraphedTraining(rnn)`` installs itself as ``rnn.forward`` (an instance attribute: parameters,
 ``state_dict`` and checkpoints are untouched). Its first training call captures the layer's forward
 and backward with ``torch.cuda.make_graphed_callables`` for that call's input shape; later calls of
-the same shape replay them. Anything else runs the layer as before: evaluation, no-gradient calls,
+the same shape replay them; with ``max_shapes`` above 1 each new shape is captured in turn, up to that many
+(width-bucketed training, textrec/data/buckets.py). Anything else runs the layer as before: evaluation, no-gradient calls,
 an initial state, another shape (a batch short of unreadable samples), recorded gates, torch's own
 kernel (vanilla layers on a GPU use cuDNN, one launch per layer already), a CPU tensor. A capture
 that fails turns the graphs off for the run, leaves the reason in ``failure`` and passes it to
@@ -58,15 +59,17 @@ class _Plain(nn.Module):
 class GraphedTraining:
     def __init__(
         self, rnn: GatedRNN, on_failure: Callable[[str], None] | None = None,
-        make_graphed: Callable | None = None, device_type: str = "cuda",
+        make_graphed: Callable | None = None, device_type: str = "cuda", max_shapes: int = 1,
     ):
         self.rnn = rnn
         self.device_type = device_type  # tests run the bookkeeping on "cpu" with a stand-in make_graphed
         self.plain = rnn.forward
         self.on_failure = on_failure
         self.make_graphed = make_graphed or torch.cuda.make_graphed_callables
-        self.key: tuple | None = None  # (shape, dtype, requires_grad) of the captured input
-        self.graphed: Callable | None = None
+        # (shape, dtype, requires_grad) of each captured input -> its graphs. Width-bucketed training has a few
+        # input lengths (textrec/data/buckets.py), each captured when first seen, up to `max_shapes`.
+        self.graphed: dict[tuple, Callable] = {}
+        self.max_shapes = max_shapes
         self.failure: str | None = None
         self.replays = 0
         self.quiet: Callable[[], AbstractContextManager] = nullcontext  # other threads' CUDA work held during a capture
@@ -88,19 +91,18 @@ class GraphedTraining:
         if not self.applies(x, state):
             return self.plain(x, state)
         key = (tuple(x.shape), x.dtype, x.requires_grad)
-        if self.graphed is None:
+        if key not in self.graphed:
+            if len(self.graphed) >= self.max_shapes:
+                return self.plain(x, state)
             try:
-                self.graphed = self._capture(x)
+                self.graphed[key] = self._capture(x)
             except Exception as error:  # noqa: BLE001  (any failure: train without graphs)
                 self.failure = f"CUDA graphs of the recurrent layer are off: {type(error).__name__}: {error}"
                 if self.on_failure:
                     self.on_failure(self.failure)
                 return self.plain(x, state)
-            self.key = key
-        if key != self.key:
-            return self.plain(x, state)
         self.replays += 1
-        return self.graphed(x)
+        return self.graphed[key](x)
 
     def _capture(self, x: Tensor) -> Callable:
         sample = torch.randn_like(x).requires_grad_(x.requires_grad)
@@ -113,12 +115,15 @@ class GraphedTraining:
             return self.make_graphed(plain, (sample,), allow_unused_input=True)
 
 
-def for_training(module, device: torch.device | str, on_failure: Callable[[str], None] | None = None) -> GraphedTraining | None:
+def for_training(
+    module, device: torch.device | str, on_failure: Callable[[str], None] | None = None, max_shapes: int = 1
+) -> GraphedTraining | None:
     """Graphs for `module` when training it on `device` can use them: a `GatedRNN` computed by textrec's own
-    kernel, on CUDA, unless ``TEXTREC_CUDA_GRAPHS=0``. None otherwise (nothing installed)."""
+    kernel, on CUDA, unless ``TEXTREC_CUDA_GRAPHS=0``. None otherwise (nothing installed). `max_shapes`: how many
+    input shapes get their own graphs (more than one with width buckets)."""
     if (
         torch.device(device).type != "cuda" or not isinstance(module, GatedRNN) or module.torch_kernel_enabled()
         or os.environ.get("TEXTREC_CUDA_GRAPHS", "1") == "0"
     ):
         return None
-    return GraphedTraining(module, on_failure=on_failure)
+    return GraphedTraining(module, on_failure=on_failure, max_shapes=max_shapes)

@@ -33,7 +33,8 @@ class _Failure:
 
 
 class FinishAhead:
-    """Iterates (batch, images) over `batches`; images = finish(batch.raw, first_step + k), None without raw."""
+    """Iterates (batch, images) over `batches`; images = finish(batch.raw, first_step + k), None without raw.
+    `finish` may return a tuple of tensors (images and their widths, for width-bucketed training)."""
 
     def __init__(
         self,
@@ -75,7 +76,8 @@ class FinishAhead:
                 if event is not None:  # the main stream waits for the side stream's work, on the GPU only
                     stream = torch.cuda.current_stream(self.device)
                     stream.wait_event(event)
-                    images.record_stream(stream)  # its memory is not reused before the main stream is done with it
+                    for tensor in images if isinstance(images, tuple) else (images,):
+                        tensor.record_stream(stream)  # its memory is not reused before the main stream is done with it
                 yield batch, images
         finally:
             self.close()

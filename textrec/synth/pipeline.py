@@ -147,6 +147,12 @@ class Finisher:
         return self.scene.model_input(self.canvas(batch, step), self.mean, self.std)
 
     @torch.no_grad()
+    def model_input_and_widths(self, batch: RawBatch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`model_input` and each sample's content width in model pixels (for width-bucketed training)."""
+        canvas = self.canvas(batch, step)
+        return self.scene.model_input(canvas, self.mean, self.std), torch.ceil(canvas.widths / self.scale)
+
+    @torch.no_grad()
     def crops(self, batch: RawBatch, step: int) -> list[torch.Tensor]:
         """Finished images on the working canvas as (1, H, w) uint8 CPU tensors, each cut to its content width."""
         canvas = self.canvas(batch, step)
