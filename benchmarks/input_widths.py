@@ -6,9 +6,12 @@ draws batches from `--train-data` exactly as `textrec train` does (the same load
 and reports each sample's content width in model pixels: by source kind (synthetic, real), the share squeezed
 to the full width, and the compute a width-bucketed batching could save: the mean of each sample's width rounded
 up to a bucket, against the full width (the backbone's and the recurrent layers' work grow linearly with the
-width). The last line is one JSON object.
+width). With `--pools`, also what `textrec train --width-buckets N` makes of the same batches: the share of the
+full width's work when each N consecutive batches are sorted by width and dealt out again, each cut to its widest
+sample (textrec/data/buckets.py; 1: each batch cut alone). The last line is one JSON object.
 
     python benchmarks/input_widths.py --config checkpoints/model2.toml --batches 40
+    python benchmarks/input_widths.py --config checkpoints/model2.toml --batches 64 --batch-size 64 --pools 1 4 16 64
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tomllib
 import torch
 
 from textrec.charset import Charset
+from textrec.data.buckets import DEFAULT_MULTIPLE, cut_width
 from textrec.data.training import open_sources, split_batch, step_loader
 from textrec.model.backbones import BACKBONES
 from textrec.synth.pipeline import Finisher
@@ -42,6 +46,20 @@ def summary(widths: list[float], full: int, bucket: int) -> dict:
     }
 
 
+def pooled_share(batches: list[list[tuple[float, str]]], pool: int, full: int, output_length) -> float:
+    """The work of width-bucketed batches against full-width ones: every `pool` batches sorted by width and dealt
+    out again in batches of the same sizes, each cut as training cuts it."""
+    work = 0
+    for start in range(0, len(batches), pool):
+        group = batches[start : start + pool]
+        samples = sorted((s for batch in group for s in batch), key=lambda s: s[0])
+        for batch in group:
+            chunk, samples = samples[: len(batch)], samples[len(batch) :]
+            width = cut_width([w for w, _ in chunk], [label for _, label in chunk], full, DEFAULT_MULTIPLE, output_length)
+            work += width * len(chunk)
+    return work / (full * sum(len(batch) for batch in batches))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="a training recipe (TOML): its train_data, synth_fonts, charset, backbone, height, width")
@@ -50,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--bucket", type=int, default=32, help="bucket size in model pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pools", type=int, nargs="*", default=[], help="--width-buckets pool sizes to report")
     args = parser.parse_args()
     recipe = {}
     if args.config:
@@ -64,8 +83,11 @@ def main() -> None:
     sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
     loader = step_loader(sources, split_batch(args.batch_size, shares), charset, finisher, True, args.seed, 0, args.batches)
     kinds: dict[str, list[float]] = {"synthetic": [], "real": []}
+    batches = []  # (model width, label) of each sample, batch by batch
     for step, batch in enumerate(loader):
         canvas = finisher.canvas(batch.raw, step)
+        widths = torch.ceil(canvas.widths / finisher.scale).tolist()
+        batches.append(list(zip(widths, batch.labels)))
         for model_width, real in zip((canvas.widths / finisher.scale).tolist(), batch.raw.is_real.tolist()):
             kinds["real" if real else "synthetic"].append(model_width)
     result = {"train_data": train_data, "input": [height, width], "bucket": args.bucket}
@@ -78,6 +100,10 @@ def main() -> None:
             print(f"{kind:<10} {row['samples']:>6} samples, mean {row['mean']:>6.1f} px ({row['mean_over_full']:.2f} of "
                   f"{width}), squeezed to {width}: {row['at_full_width_percent']:.1f} %, "
                   f"{args.bucket}-px buckets: {row[f'bucketed_{args.bucket}_over_full']:.2f} of the full width's work")
+    output_length = BACKBONES[recipe.get("backbone", "vgg")][0].output_width
+    result["pools"] = {str(pool): round(pooled_share(batches, pool, width, output_length), 3) for pool in args.pools}
+    for pool, share in result["pools"].items():
+        print(f"--width-buckets {pool:>4} (batches of {args.batch_size}): {share:.3f} of the full width's work")
     print(json.dumps(result))
 
 

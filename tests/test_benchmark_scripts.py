@@ -47,3 +47,10 @@ def test_data_speed_training_steps_of_the_shipped_architecture():
     result = _run("data_speed.py", "--skip-data", "--seconds", "0.1", "--batch-sizes", "2", "--device", "cpu", "--amp-dtype", "none")
     for name in ("ours_vanilla", "ours_refined_add_io", "torch_lstm"):
         assert result[f"steps_{name}_b2_images_per_second"] > 0
+
+
+def test_input_widths_reports_the_work_of_width_buckets():
+    result = _run("input_widths.py", "--train-data", "synth", "--batches", "4", "--batch-size", "8", "--pools", "1", "4")
+    assert result["all"]["samples"] == 32
+    # one batch cut alone can only save what its widest sample leaves; a pool of four never does more work than that
+    assert 0 < result["pools"]["4"] <= result["pools"]["1"] <= 1

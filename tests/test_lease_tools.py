@@ -158,3 +158,39 @@ def test_the_device_check_times_the_kernels_at_the_training_batch_size():
     assert device_check.training_batch(RECIPE, "") == RECIPE["batch_size"] == 1024
     assert device_check.training_batch(RECIPE, "--batch-size 2048 --seed 3") == 2048  # the next lease's TRAIN_ARGS
     assert device_check.training_batch({}, "") == 64  # textrec train's default
+
+
+@pytest.mark.parametrize("two_widths_work", [True, False], ids=["two-widths-agree", "two-widths-fail"])
+def test_width_buckets_get_a_graph_check_at_two_widths(two_widths_work, monkeypatch, capsys):
+    """A recipe with width buckets trains batches of several widths: the graphs are checked at two widths in turn after
+    the one-width check, and a failure there falls back to full-width batches (graphs kept), not to no graphs."""
+    checked = []
+
+    def graphs(config, images, steps=3, finish_meanwhile=None, widths=None):
+        checked.append(widths)
+        if widths and not two_widths_work:
+            raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(device_check, "kernels_agree", lambda *a, **k: None)
+    monkeypatch.setattr(device_check, "kernels_faster", lambda *a, **k: None)
+    monkeypatch.setattr(device_check, "graphs_agree", graphs)
+    images = SimpleNamespace(shape=(64, 1, 32, 160))
+    device_check.recurrent_paths(SimpleNamespace(refine="add"), images, None, buckets=True)
+    assert checked == [None, (160, 96)]
+    assert capsys.readouterr().out.splitlines() == ([] if two_widths_work else ["WIDTH_BUCKETS=0"])
+    checked.clear()
+    device_check.recurrent_paths(SimpleNamespace(refine="add"), images, None)
+    assert checked == [None]  # no buckets: one width only
+
+
+def test_the_device_check_reads_the_width_buckets_of_the_recipe_and_train_args():
+    assert device_check.width_buckets(RECIPE, "") == RECIPE.get("width_buckets", 0)
+    assert device_check.width_buckets({"width_buckets": 16}, "--seed 3") == 16
+    assert device_check.width_buckets({"width_buckets": 16}, "--width-buckets 0") == 0
+
+
+def test_the_twin_trains_full_width_batches_as_lease_3_did():
+    # the recipe trains width buckets since lease 3; the twin must repeat lease 3's full-width batches
+    assert RECIPE["width_buckets"] > 0 and "WIDTH_BUCKETS=0" in twin_section()
+    script = (ROOT / "tools" / "gpu_lease.sh").read_text()
+    assert 'EXTRA+=(--width-buckets "$WIDTH_BUCKETS")' in script

@@ -19,6 +19,9 @@ Prints one `KEY=VALUE` line per fallback to take (for the shell to export), and 
                         (1 % relative), with batches finished in another thread meanwhile as --finish-ahead
                         does: launch its ops one by one instead. Checked on the model to train, or on the
                         recipe's model when the one to train runs torch's kernel (harmless there)
+  WIDTH_BUCKETS=0       the recipe or $TRAIN_ARGS trains width-bucketed batches (--width-buckets, batches of
+                        several widths) and CUDA graphs captured for two input widths in turn failed or disagreed
+                        with plain steps: train full-width batches, whose one shape the graphs passed above
 Nothing is printed on stdout when all work (or when there is no GPU).
 """
 
@@ -109,10 +112,11 @@ def main() -> None:
         size = training_batch(recipe, os.environ.get("TRAIN_ARGS", ""))
         full = images.repeat(-(-size // len(images)), 1, 1, 1)[:size]
         # with batches finished in another thread meanwhile, as training does them (--finish-ahead)
-        recurrent_paths(checked, images, lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True), full)
+        buckets = width_buckets(recipe, os.environ.get("TRAIN_ARGS", "")) > 0
+        recurrent_paths(checked, images, lambda k: finisher.model_input(batch, 100 + k).to(device, non_blocking=True), full, buckets)
 
 
-def recurrent_paths(config: CRNNConfig, images, finish_meanwhile, full_batch=None) -> None:
+def recurrent_paths(config: CRNNConfig, images, finish_meanwhile, full_batch=None, buckets: bool = False) -> None:
     """Textrec's own recurrent kernel on the GPU: its Triton step kernels, then CUDA graphs, then whether the
     kernels make steps faster as training will run them (on `full_batch`, a batch of the training's size, where
     given); each failure prints its fallback."""
@@ -122,7 +126,7 @@ def recurrent_paths(config: CRNNConfig, images, finish_meanwhile, full_batch=Non
     except Exception as error:  # noqa: BLE001
         report("the recurrent layer's Triton step kernels failed or disagreed with the torch ops", error)
         kernels = without_kernels()
-    graphs = graphs_work(config, images, finish_meanwhile)
+    graphs = graphs_work(config, images, finish_meanwhile, buckets)
     if kernels:
         try:  # timed as training will run: with the graphs if they work, when launches cost little either way
             kernels_faster(config, images if full_batch is None else full_batch, graphs)
@@ -130,7 +134,7 @@ def recurrent_paths(config: CRNNConfig, images, finish_meanwhile, full_batch=Non
             report("the Triton step kernels made training steps no faster", error)
             without_kernels()
             if graphs:  # they were checked with the kernels: again without
-                graphs_work(config, images, finish_meanwhile)
+                graphs_work(config, images, finish_meanwhile, buckets)
 
 
 def without_kernels() -> bool:
@@ -140,8 +144,8 @@ def without_kernels() -> bool:
     return False
 
 
-def graphs_work(config: CRNNConfig, images, finish_meanwhile) -> bool:
-    """`graphs_agree`, with its fallback printed when it raises."""
+def graphs_work(config: CRNNConfig, images, finish_meanwhile, buckets: bool = False) -> bool:
+    """`graphs_agree`, with its fallback printed when it raises; with `buckets`, then at two widths in turn."""
     try:
         graphs_agree(config, images, finish_meanwhile=finish_meanwhile)
     except Exception as error:  # noqa: BLE001
@@ -149,6 +153,14 @@ def graphs_work(config: CRNNConfig, images, finish_meanwhile) -> bool:
         print("TEXTREC_CUDA_GRAPHS=0")
         return False
     print(f"device check: CUDA graphs of the recurrent layer ({config.refine} gates) agree with plain steps", file=sys.stderr)
+    if buckets:
+        try:
+            graphs_agree(config, images, steps=4, finish_meanwhile=finish_meanwhile, widths=(images.shape[-1], 96))
+        except Exception as error:  # noqa: BLE001
+            report("CUDA graphs of the recurrent layer at two widths (width buckets) failed or disagreed", error)
+            print("WIDTH_BUCKETS=0")
+        else:
+            print("device check: CUDA graphs of the recurrent layer at two widths agree with plain steps", file=sys.stderr)
     return True
 
 
@@ -256,9 +268,14 @@ def _restored_env(name: str):
             os.environ[name] = before
 
 
-def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: Callable[[int], object] | None = None) -> None:
+def graphs_agree(
+    config: CRNNConfig, images, steps: int = 3, finish_meanwhile: Callable[[int], object] | None = None,
+    widths: tuple[int, ...] | None = None,
+) -> None:
     """Raises unless training steps with CUDA graphs of the recurrent layer (the first captures, the others
     replay) give the loss and gradients of the same steps run op by op, as `textrec train` runs them.
+    `widths`: step k's images are cut to widths[k % len(widths)] (each width captured when first seen, as
+    width-bucketed training does).
 
     `finish_meanwhile(k)`, when given, runs over and over in another thread on its own CUDA stream during the
     steps, as batches finished ahead are (`--finish-ahead`): the capture must neither fail nor spoil its work."""
@@ -266,13 +283,15 @@ def graphs_agree(config: CRNNConfig, images, steps: int = 3, finish_meanwhile: C
     plain = CRNN(config).to(images.device).train()
     graphed = CRNN(config).to(images.device).train()
     graphed.load_state_dict(plain.state_dict())
-    graphs = GraphedTraining(graphed.sequence)
+    widths = widths or (images.shape[-1],)
+    graphs = GraphedTraining(graphed.sequence, max_shapes=len(widths))
     with tensor_core_matmuls(images.device), _meanwhile(finish_meanwhile, images.device) as paused:
         graphs.quiet = paused  # as training holds its FinishAhead thread while the graphs are captured
-        for _ in range(steps):
+        for step in range(steps):
             results = []
+            cut = images[..., : widths[step % len(widths)]].contiguous()
             for model in (plain, graphed):
-                results.append([backward(model, images)] + [p.grad for p in model.parameters()])
+                results.append([backward(model, cut)] + [p.grad for p in model.parameters()])
             differ = []
             for (name, _), a, b in zip([("loss", None), *plain.named_parameters()], results[0], results[1]):
                 # TF32 products may pick other algorithms inside a capture: allow their rounding, not a wrong gradient
@@ -356,6 +375,13 @@ def training_batch(recipe: dict, train_args: str) -> int:
     words = shlex.split(train_args)
     sizes = [words[i + 1] for i in range(len(words) - 1) if words[i] == "--batch-size"]
     return int(sizes[-1] if sizes else recipe.get("batch_size", 64))
+
+
+def width_buckets(recipe: dict, train_args: str) -> int:
+    """The --width-buckets pool `textrec train --config RECIPE $TRAIN_ARGS` trains with (the command line's wins)."""
+    words = shlex.split(train_args)
+    pools = [words[i + 1] for i in range(len(words) - 1) if words[i] == "--width-buckets"]
+    return int(pools[-1] if pools else recipe.get("width_buckets", 0))
 
 
 def crop_for_check(source: SynthSource, finisher: Finisher):

@@ -23,6 +23,7 @@
 #      copies them with the logs to $OUT (the device tool brings that folder back).
 # TRAIN_ARGS adds `textrec train` options to the run, e.g. vanilla gates over the refined recipe:
 #   TRAIN_ARGS="--refine none --refine-gates all --refine-init default --refine-bound none --refine-rank 0"
+# WIDTH_BUCKETS=N sets --width-buckets (width-bucketed batches; 0: full width), over the recipe's.
 # MAX_STEPS=N trains a schedule of exactly N steps instead (a twin of an earlier run, with its INIT_FROM and
 # SEED); it stops early, state saved, if the lease's time runs out first.
 # SEED: the run's seed. Synthetic samples, their scene parameters and the real data's order are functions of
@@ -86,6 +87,8 @@ fi
 
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
 EXTRA+=(--seed "$SEED")
+# WIDTH_BUCKETS=N replaces the recipe's --width-buckets; the device check sets 0 where CUDA graphs fail at two widths
+[ -n "${WIDTH_BUCKETS:-}" ] && EXTRA+=(--width-buckets "$WIDTH_BUCKETS")
 log "train options: ${EXTRA[*]}"
 # Leave time for the interpreter, the model and the data to load before the budget's clock starts (about 10 s), and
 # for the last validation and save after it (a few s); the timeout below is the hard stop (SIGTERM saves the state).
@@ -115,6 +118,8 @@ if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 124 ] && [ "$LEFT" -gt 60 ]; then
     for setting in FINISH_AHEAD=0 TEXTREC_TRITON_RNN=0 TEXTREC_CUDA_GRAPHS=0 TEXTREC_FUSED_ADAMW=0; do
         export "$setting"; log "retry fallback: $setting"
     done
+    # full-width batches too (a saved run takes the change: --accept-changes)
+    EXTRA+=(--width-buckets 0 --accept-changes); log "retry fallback: --width-buckets 0"
     if [ -z "${MAX_STEPS:-}" ] && [ ! -f "$RUN/resume.pt" ]; then  # nothing saved: a fresh run, with the time left
         SCHEDULE=(--max-steps 10000000 --time-budget "$(( LEFT - STARTUP ))")
         log "retry time budget: $(( LEFT - STARTUP ))s"
@@ -138,6 +143,8 @@ steps = [r for r in map(json.loads, open(f"{out}/metrics.jsonl")) if "images_per
 median = lambda key: round(statistics.median(r[key] for r in steps if key in r), 4) if any(key in r for r in steps) else None
 # data_wait: the share of the training loop's time spent waiting for batches (near 0: the steps set the pace)
 print(json.dumps({"val_last_36": last36["accuracy"], "val_last_62": last62["accuracy"], "val_last_ned": last36["ned"],
-                  "images_per_second_median": median("images_per_second"), "data_wait_median": median("data_wait")}))
+                  "images_per_second_median": median("images_per_second"), "data_wait_median": median("data_wait"),
+                  # the share of full-width work the width buckets' batches did (None: full-width batches)
+                  "width_share_median": median("width_share")}))
 EOF
 log "done"
