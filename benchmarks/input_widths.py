@@ -7,8 +7,8 @@ and reports each sample's content width in model pixels: by source kind (synthet
 to the full width, and the compute a width-bucketed batching could save: the mean of each sample's width rounded
 up to a bucket, against the full width (the backbone's and the recurrent layers' work grow linearly with the
 width). With `--pools`, also what `textrec train --width-buckets N` makes of the same batches: the share of the
-full width's work when each N consecutive batches are sorted by width and dealt out again, each cut to its widest
-sample (textrec/data/buckets.py; 1: each batch cut alone). The last line is one JSON object.
+full width's work when each N consecutive batches are sorted by width and dealt out again, each source group apart,
+each batch cut to its widest sample (textrec/data/buckets.py; 1: each batch cut alone). The last line is one JSON object.
 
     python benchmarks/input_widths.py --config checkpoints/model2.toml --batches 40
     python benchmarks/input_widths.py --config checkpoints/model2.toml --batches 64 --batch-size 64 --pools 1 4 16 64
@@ -25,8 +25,8 @@ import tomllib
 import torch
 
 from textrec.charset import Charset
-from textrec.data.buckets import DEFAULT_MULTIPLE, cut_width
-from textrec.data.training import open_sources, split_batch, step_loader
+from textrec.data.buckets import WidthBuckets
+from textrec.data.training import Batch, open_sources, split_batch, step_loader
 from textrec.model.backbones import BACKBONES
 from textrec.synth.pipeline import Finisher
 
@@ -46,18 +46,21 @@ def summary(widths: list[float], full: int, bucket: int) -> dict:
     }
 
 
-def pooled_share(batches: list[list[tuple[float, str]]], pool: int, full: int, output_length) -> float:
-    """The work of width-bucketed batches against full-width ones: every `pool` batches sorted by width and dealt
-    out again in batches of the same sizes, each cut as training cuts it."""
-    work = 0
-    for start in range(0, len(batches), pool):
-        group = batches[start : start + pool]
-        samples = sorted((s for batch in group for s in batch), key=lambda s: s[0])
-        for batch in group:
-            chunk, samples = samples[: len(batch)], samples[len(batch) :]
-            width = cut_width([w for w, _ in chunk], [label for _, label in chunk], full, DEFAULT_MULTIPLE, output_length)
-            work += width * len(chunk)
-    return work / (full * sum(len(batch) for batch in batches))
+def pooled_share(batches: list[list[tuple[float, str, int]]], pool: int, full: int, output_length) -> float:
+    """The work of width-bucketed batches against full-width ones, for batches of (width, label, source group):
+    dealt out by `WidthBuckets` itself, on stand-in images of one pixel's height."""
+    finished = []
+    for batch in batches:
+        lengths = torch.tensor([len(label) for _, label, _ in batch])
+        finished.append((
+            Batch(None, torch.zeros(int(lengths.sum()), dtype=torch.long), lengths, [label for _, label, _ in batch], [],
+                  [group for _, _, group in batch]),
+            (torch.zeros(len(batch), 1, 1, full), torch.tensor([width for width, _, _ in batch])),
+        ))
+    buckets = WidthBuckets(finished, pool, 0, output_length)
+    for _ in buckets:
+        pass
+    return buckets.pixels / buckets.full_pixels
 
 
 def main() -> None:
@@ -83,11 +86,11 @@ def main() -> None:
     sources, shares = open_sources(train_data, charset, frames, args.seed, {"max_frames": frames, "fonts": fonts})
     loader = step_loader(sources, split_batch(args.batch_size, shares), charset, finisher, True, args.seed, 0, args.batches)
     kinds: dict[str, list[float]] = {"synthetic": [], "real": []}
-    batches = []  # (model width, label) of each sample, batch by batch
+    batches = []  # (model width, label, source group) of each sample, batch by batch
     for step, batch in enumerate(loader):
         canvas = finisher.canvas(batch.raw, step)
         widths = torch.ceil(canvas.widths / finisher.scale).tolist()
-        batches.append(list(zip(widths, batch.labels)))
+        batches.append(list(zip(widths, batch.labels, batch.groups)))
         for model_width, real in zip((canvas.widths / finisher.scale).tolist(), batch.raw.is_real.tolist()):
             kinds["real" if real else "synthetic"].append(model_width)
     result = {"train_data": train_data, "input": [height, width], "bucket": args.bucket}

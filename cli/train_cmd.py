@@ -172,7 +172,9 @@ def train(
     width_buckets: int = typer.Option(
         0, min=0, max=4096,
         help="Pool the batches of this many steps, sort their samples by width and train them as batches of similar "
-        "width, each cut to its widest sample: less work per sample (0: every batch padded to --width).",
+        "width, each cut to its widest sample: about 0.76 of the work per sample at 16 (0: every batch padded to "
+        "--width). For continuing a trained model (--init-from): from scratch it keeps the model on the CTC blank "
+        "plateau far longer.",
     ),
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."

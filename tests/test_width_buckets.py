@@ -79,6 +79,34 @@ def test_every_sample_once_with_its_label_in_a_batch_cut_to_its_widest():
     assert sorted(e for b, _ in out for e in b.errors) == sorted(f"error of batch {k}" for k in range(8))
 
 
+def test_every_batch_keeps_each_source_groups_share():
+    """Real crops are narrower than synthetic texts: sorted together they would fill batches of their own. Each group
+    is dealt apart, so every batch holds as many of each group as the loader's batches did."""
+    generator = torch.Generator().manual_seed(1)
+    pool, next_id = [], 0
+    for _ in range(8):
+        groups = [0] * 12 + [1] * 4  # 12 synthetic, 4 real, as a 75/25 split deals them
+        widths = [int(w) for w in torch.randint(60, FULL + 1, (12,), generator=generator)] + \
+            [int(w) for w in torch.randint(8, 90, (4,), generator=generator)]
+        batch, finished = finished_batch(list(range(next_id, next_id + 16)), widths)
+        batch.groups = groups
+        pool.append((batch, finished))
+        next_id += 16
+    out = list(WidthBuckets(pool, 8, 0, output_length, seed=2))
+    for batch, images in out:
+        assert sorted(batch.groups) == [0] * 12 + [1] * 4
+        ids = [int(v) for v in images[:, 0, 0, 0].tolist()]
+        assert [i % 16 >= 12 for i in ids] == [g == 1 for g in batch.groups]  # each sample keeps its group
+    # within a group the slices are in width order: the batch with the narrowest real crops has the narrowest synthetic texts
+    by_real = sorted(out, key=lambda item: max(w for w, g in zip(_contents(item[1]), item[0].groups) if g == 1))
+    synthetic_widest = [max(w for w, g in zip(_contents(images), batch.groups) if g == 0) for batch, images in by_real]
+    assert synthetic_widest == sorted(synthetic_widest)
+
+
+def _contents(images) -> list[int]:
+    return [int((row[0, 0] >= 0).sum()) for row in images]
+
+
 def test_the_batches_do_less_work_than_full_width_and_come_in_a_drawn_order():
     buckets = WidthBuckets(random_pool(8, 16), 8, 0, output_length, seed=3)
     widths = [images.shape[-1] for _, images in buckets]
@@ -156,6 +184,7 @@ def test_training_with_width_buckets_logs_the_work_it_saved(words, tmp_path):  #
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     shares = [r["width_share"] for r in records if "loss" in r]
     assert len(shares) == 2 and all(0 < s < 1 for s in shares), shares  # the generated words are narrower than 100 px
+    assert any(e.startswith("--width-buckets from scratch kept models on the CTC blank plateau") for e in recorder.events)
 
 
 def train_run(words, output, recorder=None, **overrides):  # noqa: F811
@@ -209,8 +238,12 @@ def test_the_benchmark_counts_the_work_as_training_cuts_it():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from input_widths import pooled_share
 
-    # two batches: (150, 20) and (30, 140) px. Cut alone each is full width (a 160-px sample in each, rounded);
-    # pooled, the two narrow ones train at 32 px and the wide ones at 160 px (150 rounded up to 160).
-    batches = [[(150.0, "a"), (20.0, "b")], [(30.0, "c"), (140.0, "d")]]
+    # two batches: (150, 20) and (30, 140) px, one source group. Cut alone they train at 160 and 144 px; pooled,
+    # the two narrow samples train at 32 px and the wide ones at 160 px (150 rounded up).
+    batches = [[(150.0, "a", 0), (20.0, "b", 0)], [(30.0, "c", 0), (140.0, "d", 0)]]
     assert pooled_share(batches, 1, FULL, output_length) == pytest.approx((160 * 2 + 144 * 2) / (160 * 4))
     assert pooled_share(batches, 2, FULL, output_length) == pytest.approx((32 * 2 + 160 * 2) / (160 * 4))
+    # two groups, one sample of each per batch: each batch keeps one of each, so the narrow pair of group 0 (20, 30)
+    # is split: (20, 140) and (30, 150) -> 144 and 160 px
+    batches = [[(150.0, "a", 1), (20.0, "b", 0)], [(30.0, "c", 0), (140.0, "d", 1)]]
+    assert pooled_share(batches, 2, FULL, output_length) == pytest.approx((144 * 2 + 160 * 2) / (160 * 4))

@@ -132,7 +132,8 @@ class TrainConfig:
     finish_ahead: int = 0
     # Width-bucketed batches (textrec/data/buckets.py): the finished batches of this many steps are pooled, sorted
     # by content width and trained as batches of similar width, each cut to its widest sample (0: every batch is
-    # padded to the full width). It decides which step trains which sample, so a run keeps it.
+    # padded to the full width). It decides which step trains which sample, so a run keeps it. For continuing a
+    # trained model: from scratch it delayed leaving the CTC blank plateau in every seed (docs/model.md).
     width_buckets: int = 0
     # Resume even though RUN_KEYS differ from the saved run's (the new values apply from here on).
     accept_changes: bool = False
@@ -735,6 +736,11 @@ class _Run:
             self.callbacks.on_event("bfloat16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than float32 (--no-amp)")
         if initialised:
             self.callbacks.on_event(initialised)
+        if config.width_buckets and resumed is None and not config.init_from:
+            self.callbacks.on_event(
+                "--width-buckets from scratch kept models on the CTC blank plateau far longer (docs/model.md, "
+                "\"Input geometry\"); they are meant for continuing a trained model (--init-from)"
+            )
         if self.accepted:
             self.callbacks.on_event(self.accepted)
         end = config.max_steps

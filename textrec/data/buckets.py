@@ -6,7 +6,13 @@ Cutting each batch to its own widest sample saves nothing by itself: a fifth of 
 so nearly every batch holds one. `WidthBuckets` groups across batches instead. It takes the finished batches of
 `pool` consecutive steps, sorts their samples by content width and deals them out again as batches of the
 same sizes, each cut to its widest sample rounded up to `multiple` pixels (and wide enough for the CTC frames of
-its longest label). The batches are trained in an order drawn from (seed, pool), so that no step pattern
+its longest label). Each source group (`--train-data` spec: synthetic, real, ...) is sorted and dealt apart, so
+that every batch keeps the group's share, as unbucketed batches do: batch r takes the r-th narrowest slice of
+each group (sorted together, the real crops, narrower than the synthetic texts, filled batches of their own).
+
+For continuing a trained model: on the CPU a continuation of the shipped model tied its full-width twin at 1.31
+times the samples per hour, but from scratch every bucketed run stayed on the CTC blank plateau far longer
+(docs/model.md, "Input geometry"), so no recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
 (narrow first, wide last) repeats from pool to pool.
 
 What each sample looks like does not change: every batch is finished with its own step's random parameters
@@ -46,6 +52,11 @@ def cut_width(widths: list[float], labels: list[str], full_width: int, multiple:
     while width < full_width and output_length(width) < needed:
         width = min(full_width, width + multiple)
     return width
+
+
+def _groups(batch: Batch) -> list[int]:
+    """Each sample's source group (one group where the batch does not say)."""
+    return batch.groups or [0] * len(batch.labels)
 
 
 class WidthBuckets:
@@ -102,16 +113,24 @@ class WidthBuckets:
         images = torch.cat([pool[k][1][0] for k in readable])
         widths = torch.cat([pool[k][1][1].reshape(-1) for k in readable]).float().cpu()
         labels = [label for k in readable for label in pool[k][0].labels]
+        groups = [g for k in readable for g in _groups(pool[k][0])]
         lengths = torch.cat([pool[k][0].target_lengths for k in readable])
         targets = torch.cat([pool[k][0].targets for k in readable]).split(lengths.tolist())
         full_width = images.shape[-1]
         order = torch.sort(widths, stable=True).indices.tolist()
-        sizes = [len(pool[k][0].labels) for k in readable]
+        by_group: dict[int, list[int]] = {}  # each group's samples, narrowest first
+        for i in order:
+            by_group.setdefault(groups[i], []).append(i)
+        taken = dict.fromkeys(by_group, 0)
         slots = torch.randperm(len(readable), generator=torch.Generator().manual_seed(_pool_seed(self.seed, number))).tolist()
-        start, dealt = 0, [None] * len(readable)
-        for slot, size in zip(slots, sizes):  # the narrowest samples go to the first slot drawn, and so on
-            chosen = order[start : start + size]
-            start += size
+        dealt = [None] * len(readable)
+        for rank, slot in enumerate(slots):  # the narrowest slice of every group goes to the first slot drawn, and so on
+            chosen = []
+            shares = _groups(pool[readable[rank]][0])
+            for group in sorted(by_group):  # as many of each group as batch `rank` of the pool had
+                count = shares.count(group)
+                chosen += by_group[group][taken[group] : taken[group] + count]
+                taken[group] += count
             chunk_labels = [labels[i] for i in chosen]
             width = cut_width([float(widths[i]) for i in chosen], chunk_labels, full_width, self.multiple, self.output_length)
             index = torch.tensor(chosen, device=images.device)
@@ -122,6 +141,7 @@ class WidthBuckets:
                 target_lengths=lengths[chosen],
                 labels=chunk_labels,
                 errors=pool[readable[slot]][0].errors,
+                groups=[groups[i] for i in chosen],
             )
             self.pixels += width * len(chosen)
             self.full_pixels += full_width * len(chosen)

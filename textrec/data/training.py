@@ -226,6 +226,7 @@ class TrainingSamples(torch.utils.data.Dataset):
                 image, label = source.sample(index)
                 sample = raw_real(image, label, self.canvas_height, self.canvas_width, self.keep_ratio, self.scale)
             sample.label = self.charset.normalize(sample.label)
+            sample.group = group
             return sample, None
         except DataError as exc:
             return None, str(exc)
@@ -238,6 +239,7 @@ class Batch:
     target_lengths: torch.Tensor
     labels: list[str]
     errors: list[str]  # samples of this step that could not be loaded (skipped, counted)
+    groups: list[int] = field(default_factory=list)  # each sample's source group
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader (pin_memory=True): page-locked pixels copy to the GPU asynchronously."""
@@ -263,7 +265,8 @@ class Collate:
             targets.extend(encoded)
             lengths.append(len(encoded))
         raw, labels = collate_raw(samples) if samples else (None, [])
-        return Batch(raw, torch.tensor(targets, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), labels, errors)
+        targets, lengths = torch.tensor(targets, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
+        return Batch(raw, targets, lengths, labels, errors, [sample.group for sample in samples])
 
 
 def step_loader(

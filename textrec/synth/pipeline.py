@@ -36,6 +36,7 @@ class RawSample:
     em: float
     label: str
     is_real: bool
+    group: int = 0  # the training source group it came from (width buckets keep each batch's share of every group)
 
 
 def fit_width(pixels: np.ndarray, ink, em: float, max_width: int):
