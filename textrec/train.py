@@ -739,7 +739,8 @@ class _Run:
         if config.width_buckets and resumed is None and not config.init_from:
             self.callbacks.on_event(
                 "--width-buckets from scratch kept models on the CTC blank plateau far longer (docs/model.md, "
-                "\"Input geometry\"); they are meant for continuing a trained model (--init-from)"
+                "\"Input geometry\"): train at full width until words are read, then resume with --width-buckets "
+                "--accept-changes, or continue a trained model (--init-from)"
             )
         if self.accepted:
             self.callbacks.on_event(self.accepted)

@@ -11,8 +11,9 @@ that every batch keeps the group's share, as unbucketed batches do: batch r take
 each group (sorted together, the real crops, narrower than the synthetic texts, filled batches of their own).
 
 For continuing a trained model: on the CPU a continuation of the shipped model tied its full-width twin at 1.31
-times the samples per hour, but from scratch every bucketed run stayed on the CTC blank plateau far longer
-(docs/model.md, "Input geometry"), so no recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
+times the samples per hour, but from scratch every bucketed run stayed on the CTC blank plateau far longer, while
+runs that left it at full width trained on with buckets as well as without (docs/model.md, "Input geometry"). No
+recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
 (narrow first, wide last) repeats from pool to pool.
 
 What each sample looks like does not change: every batch is finished with its own step's random parameters
