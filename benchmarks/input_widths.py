@@ -88,10 +88,10 @@ def main() -> None:
     kinds: dict[str, list[float]] = {"synthetic": [], "real": []}
     batches = []  # (model width, label, source group) of each sample, batch by batch
     for step, batch in enumerate(loader):
-        canvas = finisher.canvas(batch.raw, step)
-        widths = torch.ceil(canvas.widths / finisher.scale).tolist()
-        batches.append(list(zip(widths, batch.labels, batch.groups)))
-        for model_width, real in zip((canvas.widths / finisher.scale).tolist(), batch.raw.is_real.tolist()):
+        model_widths = finisher.canvas(batch.raw, step).widths / finisher.scale
+        # training cuts at whole model pixels (Finisher.model_input_and_widths)
+        batches.append(list(zip(torch.ceil(model_widths).tolist(), batch.labels, batch.groups)))
+        for model_width, real in zip(model_widths.tolist(), batch.raw.is_real.tolist()):
             kinds["real" if real else "synthetic"].append(model_width)
     result = {"train_data": train_data, "input": [height, width], "bucket": args.bucket}
     result.update({kind: summary(values, width, args.bucket) for kind, values in kinds.items()})

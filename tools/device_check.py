@@ -370,18 +370,22 @@ def trained_config(config: CRNNConfig, recipe: dict, train_args: str) -> CRNNCon
     )
 
 
+def _int_option(recipe: dict, train_args: str, name: str, default: int) -> int:
+    """The whole-number option `name` (a recipe key) that `textrec train --config RECIPE $TRAIN_ARGS` trains with:
+    the command line's last `--name value` wins over the recipe, the recipe over textrec train's default."""
+    words, flag = shlex.split(train_args), "--" + name.replace("_", "-")
+    given = [words[i + 1] for i in range(len(words) - 1) if words[i] == flag]
+    return int(given[-1] if given else recipe.get(name, default))
+
+
 def training_batch(recipe: dict, train_args: str) -> int:
-    """The batch size `textrec train --config RECIPE $TRAIN_ARGS` trains with (the command line's wins)."""
-    words = shlex.split(train_args)
-    sizes = [words[i + 1] for i in range(len(words) - 1) if words[i] == "--batch-size"]
-    return int(sizes[-1] if sizes else recipe.get("batch_size", 64))
+    """The batch size the run trains with."""
+    return _int_option(recipe, train_args, "batch_size", 64)
 
 
 def width_buckets(recipe: dict, train_args: str) -> int:
-    """The --width-buckets pool `textrec train --config RECIPE $TRAIN_ARGS` trains with (the command line's wins)."""
-    words = shlex.split(train_args)
-    pools = [words[i + 1] for i in range(len(words) - 1) if words[i] == "--width-buckets"]
-    return int(pools[-1] if pools else recipe.get("width_buckets", 0))
+    """The --width-buckets pool the run trains with (0: full-width batches)."""
+    return _int_option(recipe, train_args, "width_buckets", 0)
 
 
 def crop_for_check(source: SynthSource, finisher: Finisher):

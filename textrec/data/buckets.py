@@ -27,6 +27,7 @@ end's pool.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from typing import Callable, Iterable, Iterator
 
@@ -91,14 +92,7 @@ class WidthBuckets:
         items = iter(self.finished)
         number = self.first_step // self.pool
         skip = self.skip
-        while True:
-            pool = []
-            for item in items:
-                pool.append(item)
-                if len(pool) == self.pool:
-                    break
-            if not pool:
-                return
+        while pool := list(itertools.islice(items, self.pool)):
             for batch, images in self.regroup(pool, number):
                 if skip:
                     skip -= 1
@@ -138,7 +132,7 @@ class WidthBuckets:
             chunk = images[..., :width].index_select(0, index)
             batch = Batch(
                 raw=None,  # the raw samples are spread over the pool; the finished images are what trains
-                targets=torch.cat([targets[i] for i in chosen]) if chosen else torch.zeros(0, dtype=torch.long),
+                targets=torch.cat([targets[i] for i in chosen]),  # a readable batch holds at least one sample
                 target_lengths=lengths[chosen],
                 labels=chunk_labels,
                 errors=pool[readable[slot]][0].errors,
