@@ -17,8 +17,12 @@ $(BIN)/textrec: pyproject.toml
 
 setup: $(BIN)/textrec
 
+# Two worker processes, each test file in one of them (its module fixtures are built once); TEST_WORKERS=0 runs
+# the suite in this process. docs/testing.md has the timings.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 demo: setup
 	$(BIN)/textrec samples data/samples

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# pytest-xdist's workers (`make test`) start with COLUMNS=80 and LINES=24 from the controller's terminal. rich
+# fixes a console's width from COLUMNS when the console is built (cli/common.py, at import), which would then
+# ignore the width the tests' CliRunner(env={"COLUMNS": "250"}) gives each command, and wrap the lines they read.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 from imagegen import png_bytes, render_word, write_lmdb
 
