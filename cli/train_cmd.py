@@ -173,8 +173,13 @@ def train(
         0, min=0, max=4096,
         help="Pool the batches of this many steps, sort their samples by width and train them as batches of similar "
         "width, each cut to its widest sample: about 0.76 of the work per sample at 16 (0: every batch padded to "
-        "--width). For continuing a trained model (--init-from): from scratch it keeps the model on the CTC blank "
-        "plateau far longer.",
+        "--width). For continuing a trained model (--init-from), or from a step past the CTC blank plateau "
+        "(--width-buckets-from): from the first step it keeps a new model on the plateau far longer.",
+    ),
+    width_buckets_from: int = typer.Option(
+        0, min=0,
+        help="Train full-width batches before this step and width buckets from it on (rounded up to a whole pool): "
+        "from scratch, a step after the first words are read (the validation accuracy leaves 0).",
     ),
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights with a fresh optimizer (the charset may grow). Ignored when resuming."

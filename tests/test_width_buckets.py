@@ -15,7 +15,7 @@ import torch
 
 import textrec.train
 from textrec.charset import Charset, ctc_min_length
-from textrec.data.buckets import DEFAULT_MULTIPLE, WidthBuckets, cut_width
+from textrec.data.buckets import DEFAULT_MULTIPLE, WidthBuckets, bucket_start, cut_width
 from textrec.data.training import Batch
 from textrec.nn.graphs import GraphedTraining
 from textrec.synth.pipeline import Finisher, RawSample, collate_raw
@@ -141,6 +141,28 @@ def test_the_same_seed_deals_the_same_batches_and_a_resume_skips_exactly_the_tra
         list(WidthBuckets([], 4, 6, output_length))
 
 
+def test_steps_before_the_start_come_as_they_are_and_pools_keep_their_numbers():
+    """--width-buckets-from: full-width batches before `start`, then the pools a run started there would deal."""
+    pool = random_pool(14, 8)
+    buckets = WidthBuckets(pool, 4, 1, output_length, seed=5, start=4)  # a run from step 1, bucketed from step 4
+    out = list(buckets)
+    assert len(out) == 14
+    for (batch, images), (original, (full, _)) in zip(out[:3], pool[:3]):  # steps 1-3: untouched, full width
+        assert batch is original and images is full
+    later = [(b.labels, images) for b, images in WidthBuckets(pool[3:], 4, 4, output_length, seed=5)]
+    assert [b.labels for b, _ in out[3:]] == [l for l, _ in later]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out[3:], later))
+    assert 0 < buckets.pixels < buckets.full_pixels
+    # resumed at step 6 (inside the pool of steps 4-7): as without a start
+    resumed = [(b.labels, images) for b, images in WidthBuckets(pool[3:], 4, 4, output_length, seed=5, skip=2, start=4)]
+    assert [l for l, _ in resumed] == [l for l, _ in later[2:]]
+    assert [bucket_start(s, 4) for s in (0, 1, 4, 5, 8)] == [0, 4, 4, 8, 8]
+    with pytest.raises(ValueError, match="start 6 does not start a pool"):
+        WidthBuckets([], 4, 0, output_length, start=6)
+    with pytest.raises(ValueError, match="before the first bucketed step"):
+        WidthBuckets([], 4, 1, output_length, skip=1, start=4)
+
+
 def test_unreadable_steps_keep_their_place_and_a_short_last_pool_is_dealt_too():
     readable = random_pool(3, 4)
     unreadable = (Batch(None, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), [], ["all bad"]), None)
@@ -221,6 +243,44 @@ def test_ctrl_c_inside_a_pool_resumes_exactly(words, tmp_path, monkeypatch, ahea
     assert_same_weights(tmp_path / "stopped" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
 
 
+def test_buckets_from_a_step_train_as_a_full_width_run_resumed_there_with_buckets(words, tmp_path, monkeypatch):  # noqa: F811
+    """One run with --width-buckets-from 5 (pools of 4: bucketed from step 8) ends with the weights of a full-width run
+    stopped at step 8 and resumed with --width-buckets 4 --accept-changes; it warns of nothing."""
+    config = dict(val_data=[], max_steps=14, save_interval=4, log_interval=1, batch_size=4)
+    recorder = Recorder()
+    result = train_run(words, tmp_path / "one", recorder, **config, width_buckets=4, width_buckets_from=5)
+    assert result.steps == 14
+    assert not any("plateau" in e for e in recorder.events)
+    records = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    shares = {r["step"]: r["width_share"] for r in records if "loss" in r}
+    assert shares[7] == 1 and shares[14] < 1  # full width up to step 8 (the 7 steps so far), buckets after
+
+    def stopped_after(steps: int, output, **options):
+        original = textrec.train._Run._loss
+
+        def loss_then_ctrl_c(self, batch, images):
+            loss = original(self, batch, images)
+            if self.step == steps - 1:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            return loss
+
+        monkeypatch.setattr(textrec.train._Run, "_loss", loss_then_ctrl_c)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            assert train_run(words, output, **config, **options).steps == steps
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            monkeypatch.setattr(textrec.train._Run, "_loss", original)
+
+    stopped_after(8, tmp_path / "two")  # full width, the same schedule (max_steps 14)
+    train_run(words, tmp_path / "two", **config, width_buckets=4, accept_changes=True)
+    assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors")
+    # and resumed before the first bucketed step, the one run ends the same
+    stopped_after(6, tmp_path / "three", width_buckets=4, width_buckets_from=5)
+    train_run(words, tmp_path / "three", **config, width_buckets=4, width_buckets_from=5)
+    assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "three" / "last.safetensors")
+
+
 def test_width_buckets_are_part_of_the_run(words, tmp_path):  # noqa: F811
     from textrec.errors import CheckpointError, ConfigError
 
@@ -229,6 +289,10 @@ def test_width_buckets_are_part_of_the_run(words, tmp_path):  # noqa: F811
         train_run(words, tmp_path / "run", max_steps=8, val_interval=8, width_buckets=2)
     with pytest.raises(ConfigError, match="--width-buckets"):
         train_run(words, tmp_path / "bad", width_buckets=-1)
+    with pytest.raises(ConfigError, match="--width-buckets-from 8 needs --width-buckets"):
+        train_run(words, tmp_path / "bad", width_buckets_from=8)
+    with pytest.raises(CheckpointError, match="width_buckets_from: 0 -> 4"):
+        train_run(words, tmp_path / "run", max_steps=8, val_interval=8, width_buckets=4, width_buckets_from=4)
 
 
 def test_the_benchmark_counts_the_work_as_training_cuts_it():
@@ -247,3 +311,49 @@ def test_the_benchmark_counts_the_work_as_training_cuts_it():
     # is split: (20, 140) and (30, 150) -> 144 and 160 px
     batches = [[(150.0, "a", 1), (20.0, "b", 0)], [(30.0, "c", 0), (140.0, "d", 1)]]
     assert pooled_share(batches, 2, FULL, output_length) == pytest.approx((144 * 2 + 160 * 2) / (160 * 4))
+
+
+def test_the_plateau_experiments_change_one_mechanism_each_and_restore_it():
+    """benchmarks/bucket_plateau.py: `uncut` keeps the dealing but not the cut; `groupnorm` swaps the backbone's norm."""
+    import importlib.util
+    from pathlib import Path
+
+    from textrec.model import CRNN, CRNNConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bucket_plateau.py"
+    spec = importlib.util.spec_from_file_location("bucket_plateau", path)
+    plateau = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plateau)
+
+    def dealt(seed=3):
+        return [(batch.labels, images) for batch, images in WidthBuckets(random_pool(8, 16), 8, 0, output_length, seed=seed)]
+
+    cut = dealt()
+    with plateau.variant("uncut"):
+        uncut = dealt()
+    assert [labels for labels, _ in uncut] == [labels for labels, _ in cut]  # the same samples together...
+    assert all(images.shape[-1] == FULL for _, images in uncut)  # ...at the full width
+    assert any(images.shape[-1] < FULL for _, images in cut)
+    assert all(torch.equal(u[..., : c.shape[-1]], c) for (_, u), (_, c) in zip(uncut, cut))
+    assert [images.shape for _, images in dealt()] == [images.shape for _, images in cut]  # restored
+    with plateau.variant("shuffled"):
+        shuffled = dealt()
+    assert all(images.shape[-1] == FULL for _, images in shuffled)
+    assert sorted(label for labels, _ in shuffled for label in labels) == sorted(label for labels, _ in cut for label in labels)
+
+    def width_spread(batches):  # how far apart the widths of a batch's samples lie, on average
+        return sum(float(images.ne(-1.0)[:, 0, 0].sum(-1).float().std()) for _, images in batches) / len(batches)
+
+    assert width_spread(shuffled) > 2 * width_spread(cut)  # random batches, not batches of one width class
+    assert [images.shape for _, images in dealt()] == [images.shape for _, images in cut]  # restored
+
+    def norms(model):
+        return {type(m).__name__ for m in model.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))}
+
+    config = CRNNConfig(num_classes=5, channels=(8, 8, 16, 16, 16, 16, 16), hidden_size=8)
+    with plateau.variant("groupnorm"):
+        assert norms(CRNN(config)) == {"GroupNorm"}
+    assert norms(CRNN(config)) == {"BatchNorm2d"}
+    with pytest.raises(SystemExit, match="unknown variant"):
+        with plateau.variant("sorted"):
+            pass

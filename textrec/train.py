@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .data.images import Preprocess
 from .data.lmdb_store import LmdbDataset, close_all
-from .data.buckets import DEFAULT_MULTIPLE, WidthBuckets
+from .data.buckets import DEFAULT_MULTIPLE, WidthBuckets, bucket_start
 from .data.training import open_sources, split_batch, step_loader
 from .distributed import World
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
@@ -65,7 +65,7 @@ ARCHITECTURE_KEYS = (
 # (ignored when resuming).
 RUN_KEYS = (
     "train_data", "val_data", "val_max_samples", "synth_fonts", "batch_size", "lr", "weight_decay",
-    "refine_lr_scale", "warmup_steps", "grad_clip", "augment", "seed", "width_buckets",
+    "refine_lr_scale", "warmup_steps", "grad_clip", "augment", "seed", "width_buckets", "width_buckets_from",
 )
 # Files a run writes in its folder: a folder holding none of them, but other files, is not a run.
 RUN_FILES = ("config.json", "resume.pt", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -135,6 +135,10 @@ class TrainConfig:
     # padded to the full width). It decides which step trains which sample, so a run keeps it. For continuing a
     # trained model: from scratch it delayed leaving the CTC blank plateau in every seed (docs/model.md).
     width_buckets: int = 0
+    # The first step trained in width buckets (rounded up to a whole pool); the steps before it train full-width
+    # batches. From scratch: a step past the blank plateau, so that one run does what a full-width run resumed with
+    # --width-buckets would (docs/model.md, "Input geometry").
+    width_buckets_from: int = 0
     # Resume even though RUN_KEYS differ from the saved run's (the new values apply from here on).
     accept_changes: bool = False
 
@@ -211,7 +215,7 @@ _INT_BOUNDS = {
     "max_steps": (1, 10**12), "batch_size": (1, 1 << 20), "warmup_steps": (0, 10**12), "hidden_size": (1, 8192),
     "height": (32, 1024), "width": (8, 8192), "val_interval": (1, 10**12), "log_interval": (1, 10**12),
     "save_interval": (1, 10**12), "workers": (0, 1024), "max_bad_steps": (1, 10**12), "seed": (-(2**63), 2**64 - 1),
-    "finish_ahead": (0, 64), "refine_rank": (0, 8192), "width_buckets": (0, 4096),
+    "finish_ahead": (0, 64), "refine_rank": (0, 8192), "width_buckets": (0, 4096), "width_buckets_from": (0, 10**12),
 }
 
 
@@ -260,6 +264,8 @@ def check_config(config: TrainConfig) -> None:
             raise bad(name, getattr(config, name), "true or false")
     if config.amp_dtype not in AMP_DTYPES:
         raise bad("amp_dtype", config.amp_dtype, f"one of {', '.join(AMP_DTYPES)}")
+    if config.width_buckets_from and not config.width_buckets:
+        raise ConfigError(f"--width-buckets-from {config.width_buckets_from} needs --width-buckets (the pool size)")
 
 
 def mixed_precision(amp_dtype: str | None, device: torch.device) -> torch.dtype | None:
@@ -736,11 +742,11 @@ class _Run:
             self.callbacks.on_event("bfloat16 on a CPU without AMX or AVX512-BF16 is emulated: expect it slower than float32 (--no-amp)")
         if initialised:
             self.callbacks.on_event(initialised)
-        if config.width_buckets and resumed is None and not config.init_from:
+        if config.width_buckets and not config.width_buckets_from and resumed is None and not config.init_from:
             self.callbacks.on_event(
                 "--width-buckets from scratch kept models on the CTC blank plateau far longer (docs/model.md, "
-                "\"Input geometry\"): train at full width until words are read, then resume with --width-buckets "
-                "--accept-changes, or continue a trained model (--init-from)"
+                "\"Input geometry\"): give --width-buckets-from a step after words are read (or continue a trained model, "
+                "--init-from)"
             )
         if self.accepted:
             self.callbacks.on_event(self.accepted)
@@ -843,9 +849,11 @@ class _Run:
             config.height, config.width, self.world.seed(config.seed), scene_device, self.preprocess.mean, self.preprocess.std,
             keep_ratio=config.keep_ratio, augment_real=config.augment,
         )
-        # Width buckets regroup whole pools of steps: the data starts at the pool the run is in.
+        # Width buckets regroup whole pools of steps: the data starts at the pool the run is in (before the first
+        # bucketed step, at the run's step).
         pool = config.width_buckets
-        first = self.step - self.step % pool if pool else self.step
+        start = bucket_start(config.width_buckets_from, pool) if pool else 0
+        first = self.step - self.step % pool if pool and self.step >= start else self.step
         # Each rank reads its share of the global batch of the step (the same samples at any number of ranks).
         loader = step_loader(
             sources, counts, self.charset, self.finisher, config.keep_ratio, config.seed, first, end,
@@ -867,7 +875,7 @@ class _Run:
         if not pool:
             return finished, None
         seed = self.world.seed(config.seed)
-        return finished, WidthBuckets(finished, pool, first, self.model.output_length, seed, skip=self.step - first)
+        return finished, WidthBuckets(finished, pool, first, self.model.output_length, seed, skip=self.step - first, start=start)
 
     def _recurrence_graphs(self) -> GraphedTraining | None:
         """CUDA graphs for textrec's own recurrent kernel (refined gates, MGU) when training on one GPU:

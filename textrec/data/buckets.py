@@ -12,8 +12,9 @@ each group (sorted together, the real crops, narrower than the synthetic texts, 
 
 For continuing a trained model: on the CPU a continuation of the shipped model tied its full-width twin at 1.31
 times the samples per hour, but from scratch every bucketed run stayed on the CTC blank plateau far longer, while
-runs that left it at full width trained on with buckets as well as without (docs/model.md, "Input geometry"). No
-recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
+runs that left it at full width trained on with buckets as well as without (docs/model.md, "Input geometry"). So a
+run from scratch gives `start`, a step past the plateau (`--width-buckets-from`): the steps before it train their
+batches at full width, as they come. No recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
 (narrow first, wide last) repeats from pool to pool.
 
 What each sample looks like does not change: every batch is finished with its own step's random parameters
@@ -46,6 +47,12 @@ def _pool_seed(seed: int, pool: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def bucket_start(step: int, pool: int) -> int:
+    """The first bucketed step of `--width-buckets-from step`: the first whole pool's, so that pools keep their
+    numbers (step // pool) and a run bucketed from there trains as a full-width run resumed there with buckets."""
+    return -(-step // pool) * pool
+
+
 def cut_width(widths: list[float], labels: list[str], full_width: int, multiple: int, output_length: Callable[[int], int]) -> int:
     """The width a batch of samples is cut to: its widest content rounded up to `multiple`, widened until the model
     emits enough frames for its longest label (CTC), never more than `full_width`."""
@@ -65,8 +72,9 @@ class WidthBuckets:
     """Iterates (batch, images) over finished (batch, (images, widths)) items, `pool` steps at a time.
 
     `images`: (B, 1, H, full_width) model inputs; `widths`: (B,) content widths in model pixels. `first_step` is
-    the step of the first item (a multiple of `pool`); the first `skip` batches are finished and sorted but not
-    given out (a resumed run's). Unreadable steps (images None) keep their place.
+    the step of the first item (a multiple of `pool`, or any step before `start`); the first `skip` batches are
+    finished and sorted but not given out (a resumed run's). Steps before `start` (a multiple of `pool`; default:
+    `first_step`) are given out as they come, at full width. Unreadable steps (images None) keep their place.
     """
 
     def __init__(
@@ -78,19 +86,33 @@ class WidthBuckets:
         seed: int = 0,
         skip: int = 0,
         multiple: int = DEFAULT_MULTIPLE,
+        start: int | None = None,
     ):
+        start = first_step if start is None else start
         if pool < 1:
             raise ValueError(f"pool must be at least 1, not {pool}")
-        if first_step % pool:
+        if start % pool:
+            raise ValueError(f"start {start} does not start a pool of {pool}")
+        if first_step >= start and first_step % pool:
             raise ValueError(f"first_step {first_step} does not start a pool of {pool}")
-        self.finished, self.pool, self.first_step = finished, pool, first_step
+        if skip and first_step < start:
+            raise ValueError(f"skip {skip} before the first bucketed step {start}: only a pool's batches are skipped")
+        self.finished, self.pool, self.first_step, self.start = finished, pool, first_step, start
         self.output_length, self.seed, self.skip, self.multiple = output_length, seed, skip, multiple
         self.pixels = 0  # model-input columns trained so far (times samples), against...
         self.full_pixels = 0  # ...what full-width batches would have been: the saving is 1 - pixels / full_pixels
 
     def __iter__(self) -> Iterator[tuple[Batch, torch.Tensor | None]]:
         items = iter(self.finished)
-        number = self.first_step // self.pool
+        for batch, finished in itertools.islice(items, max(0, self.start - self.first_step)):  # before `start`: as they come
+            if finished is None:
+                yield batch, None
+                continue
+            images = finished[0]
+            self.pixels += images.shape[-1] * images.shape[0]
+            self.full_pixels += images.shape[-1] * images.shape[0]
+            yield batch, images
+        number = max(self.first_step, self.start) // self.pool
         skip = self.skip
         while pool := list(itertools.islice(items, self.pool)):
             for batch, images in self.regroup(pool, number):

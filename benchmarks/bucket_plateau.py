@@ -1,0 +1,99 @@
+"""Why width-bucketed batches keep a model on the CTC blank plateau: `textrec train` with one mechanism changed.
+
+From scratch, `--width-buckets` runs left the plateau far later than full-width ones (docs/model.md, "Input
+geometry"). Bucketed batches differ from full-width ones in two ways: they are cut narrower (fewer frames, less
+padding), and each holds samples of one width class (so, of similar label lengths). This runs the ordinary
+`textrec train` command with one of these changed, to tell the causes apart:
+
+* `uncut`: the batches are sorted and dealt as with `--width-buckets`, but every one stays at the full width
+  (`textrec.data.buckets.cut_width` returns the full width): the composition without the cut.
+* `groupnorm`: every BatchNorm2d of the backbone becomes GroupNorm(8 groups), which normalises each sample on
+  its own: no statistics across the batch, so batches of one width class cannot skew them.
+* `shuffled`: the control. The batches go through the same pooling and dealing code, but each sample is ranked
+  by a random key instead of its width, and no batch is cut: random batches at the full width, as without
+  `--width-buckets`, through the bucketed code path.
+
+    OMP_NUM_THREADS=1 python benchmarks/bucket_plateau.py uncut train --config checkpoints/ablation.toml \
+        --seed 0 --amp-dtype bfloat16 --width-buckets 16 --output runs/plateau/uncut_s0
+    OMP_NUM_THREADS=1 python benchmarks/bucket_plateau.py groupnorm train --config checkpoints/ablation.toml \
+        --seed 0 --amp-dtype bfloat16 --width-buckets 0 --output runs/plateau/gn_wb0
+
+The runs' checkpoints are for these experiments only: a `groupnorm` checkpoint does not load in textrec (its
+weights are not the architecture's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+import torch
+from torch import nn
+
+import textrec.data.buckets as buckets
+import textrec.model.backbones as backbones
+
+VARIANTS = ("uncut", "groupnorm", "shuffled")
+GROUPS = 8  # divides every backbone width (32 and up)
+
+
+class _GroupNormTorch:
+    """Stands in for the backbones module's `torch.nn`, with BatchNorm2d built as GroupNorm."""
+
+    def __getattr__(self, name: str):
+        if name == "BatchNorm2d":
+            return lambda channels: nn.GroupNorm(GROUPS, channels)
+        return getattr(nn, name)
+
+
+def _full_width(widths, labels, full_width, multiple, output_length) -> int:
+    return full_width
+
+
+def _ranked_at_random(regroup):
+    """`WidthBuckets.regroup` with every sample's width replaced by a random key (drawn from the pool's number)."""
+
+    def shuffled(self, pool: list, number: int):
+        generator = torch.Generator().manual_seed(number)
+        keyed = [
+            (batch, None if finished is None else (finished[0], torch.rand(finished[1].shape, generator=generator)))
+            for batch, finished in pool
+        ]
+        return regroup(self, keyed, number)
+
+    return shuffled
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    """textrec with the named mechanism changed, inside the block."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    patches = {
+        "uncut": [(buckets, "cut_width", _full_width)],
+        "groupnorm": [(backbones, "nn", _GroupNormTorch())],
+        "shuffled": [(buckets, "cut_width", _full_width),
+                     (buckets.WidthBuckets, "regroup", _ranked_at_random(buckets.WidthBuckets.regroup))],
+    }[name]
+    saved = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in patches]
+    for owner, attribute, value in patches:
+        setattr(owner, attribute, value)
+    try:
+        yield
+    finally:
+        for owner, attribute, value in saved:
+            setattr(owner, attribute, value)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    from cli.main import app
+
+    with variant(argv[0]):
+        app(argv[1:], prog_name="textrec")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
