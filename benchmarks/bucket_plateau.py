@@ -9,6 +9,9 @@ padding), and each holds samples of one width class (so, of similar label length
   (`textrec.data.buckets.cut_width` returns the full width): the composition without the cut.
 * `groupnorm`: every BatchNorm2d of the backbone becomes GroupNorm(8 groups), which normalises each sample on
   its own: no statistics across the batch, so batches of one width class cannot skew them.
+* `ctcsum`: each sample's CTC loss is not divided by its label's length (the batch's mean of the per-sample
+  sums, where textrec's loss, torch's "mean", divides each by its length first): batches of long words then weigh
+  as much per character as batches of short ones.
 * `shuffled`: the control. The batches go through the same pooling and dealing code, but each sample is ranked
   by a random key instead of its width, and no batch is cut: random batches at the full width, as without
   `--width-buckets`, through the bucketed code path.
@@ -33,18 +36,31 @@ from torch import nn
 
 import textrec.data.buckets as buckets
 import textrec.model.backbones as backbones
+import textrec.train as training
 
-VARIANTS = ("uncut", "groupnorm", "shuffled")
+VARIANTS = ("uncut", "groupnorm", "ctcsum", "shuffled")
 GROUPS = 8  # divides every backbone width (32 and up)
 
 
-class _GroupNormTorch:
-    """Stands in for the backbones module's `torch.nn`, with BatchNorm2d built as GroupNorm."""
+class _TorchWith:
+    """Stands in for a module's `torch.nn`, with some of its classes replaced."""
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
 
     def __getattr__(self, name: str):
-        if name == "BatchNorm2d":
-            return lambda channels: nn.GroupNorm(GROUPS, channels)
-        return getattr(nn, name)
+        return self.replaced[name] if name in self.replaced else getattr(nn, name)
+
+
+class _PerSampleCTC(nn.Module):
+    """CTC loss as the batch's mean of per-sample sums (not divided by each label's length)."""
+
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
+        super().__init__()
+        self.ctc = nn.CTCLoss(blank=blank, reduction="none", zero_infinity=zero_infinity)
+
+    def forward(self, log_probs, targets, input_lengths, target_lengths):
+        return self.ctc(log_probs, targets, input_lengths, target_lengths).mean()
 
 
 def _full_width(widths, labels, full_width, multiple, output_length) -> int:
@@ -72,7 +88,8 @@ def variant(name: str) -> Iterator[None]:
         raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     patches = {
         "uncut": [(buckets, "cut_width", _full_width)],
-        "groupnorm": [(backbones, "nn", _GroupNormTorch())],
+        "groupnorm": [(backbones, "nn", _TorchWith(BatchNorm2d=lambda channels: nn.GroupNorm(GROUPS, channels)))],
+        "ctcsum": [(training, "nn", _TorchWith(CTCLoss=_PerSampleCTC))],
         "shuffled": [(buckets, "cut_width", _full_width),
                      (buckets.WidthBuckets, "regroup", _ranked_at_random(buckets.WidthBuckets.regroup))],
     }[name]

@@ -354,6 +354,13 @@ def test_the_plateau_experiments_change_one_mechanism_each_and_restore_it():
     with plateau.variant("groupnorm"):
         assert norms(CRNN(config)) == {"GroupNorm"}
     assert norms(CRNN(config)) == {"BatchNorm2d"}
+    with plateau.variant("ctcsum"):
+        ctc = textrec.train.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
+    log_probs = torch.randn(9, 2, 5).log_softmax(2)
+    targets, frames, lengths = torch.tensor([1, 2, 3, 4, 1]), torch.tensor([9, 9]), torch.tensor([1, 4])
+    per_sample = torch.nn.functional.ctc_loss(log_probs, targets, frames, lengths, reduction="none")
+    assert torch.allclose(ctc(log_probs, targets, frames, lengths), per_sample.mean())
+    assert textrec.train.nn is torch.nn
     with pytest.raises(SystemExit, match="unknown variant"):
         with plateau.variant("sorted"):
             pass
