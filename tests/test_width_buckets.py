@@ -243,10 +243,12 @@ def test_ctrl_c_inside_a_pool_resumes_exactly(words, tmp_path, monkeypatch, ahea
     assert_same_weights(tmp_path / "stopped" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
 
 
-def test_buckets_from_a_step_train_as_a_full_width_run_resumed_there_with_buckets(words, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("ahead", [0, 2], ids=["in-loop", "finish-ahead-2"])
+def test_buckets_from_a_step_train_as_a_full_width_run_resumed_there_with_buckets(words, tmp_path, monkeypatch, ahead):  # noqa: F811
     """One run with --width-buckets-from 5 (pools of 4: bucketed from step 8) ends with the weights of a full-width run
-    stopped at step 8 and resumed with --width-buckets 4 --accept-changes; it warns of nothing."""
-    config = dict(val_data=[], max_steps=14, save_interval=4, log_interval=1, batch_size=4)
+    stopped at step 8 and resumed with --width-buckets 4 --accept-changes; it warns of nothing. Also with batches
+    finished ahead in a thread, as the lease script trains."""
+    config = dict(val_data=[], max_steps=14, save_interval=4, log_interval=1, batch_size=4, finish_ahead=ahead)
     recorder = Recorder()
     result = train_run(words, tmp_path / "one", recorder, **config, width_buckets=4, width_buckets_from=5)
     assert result.steps == 14

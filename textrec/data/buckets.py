@@ -12,10 +12,11 @@ each group (sorted together, the real crops, narrower than the synthetic texts, 
 
 For continuing a trained model: on the CPU a continuation of the shipped model tied its full-width twin at 1.31
 times the samples per hour, but from scratch every bucketed run stayed on the CTC blank plateau far longer, while
-runs that left it at full width trained on with buckets as well as without (docs/model.md, "Input geometry"). So a
-run from scratch gives `start`, a step past the plateau (`--width-buckets-from`): the steps before it train their
-batches at full width, as they come. No recipe uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern
-(narrow first, wide last) repeats from pool to pool.
+runs that left it at full width trained on with buckets as well as without (docs/model.md, "Input geometry": it is
+the batches' composition by width that does it, not the cut). So a run from scratch gives `start`, a step past the
+plateau (`--width-buckets-from`): the steps before it train their batches at full width, as they come. No recipe
+uses them. The batches are trained in an order drawn from (seed, pool), so that no step pattern (narrow first,
+wide last) repeats from pool to pool.
 
 What each sample looks like does not change: every batch is finished with its own step's random parameters
 before the pool is sorted, and a cut removes only padding (columns that repeat the content's last one).
