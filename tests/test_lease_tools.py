@@ -194,3 +194,11 @@ def test_the_twin_trains_full_width_batches_as_lease_3_did():
     assert "WIDTH_BUCKETS=0" in twin_section()
     script = (ROOT / "tools" / "gpu_lease.sh").read_text()
     assert 'EXTRA+=(--width-buckets "$WIDTH_BUCKETS")' in script
+
+
+def test_turning_width_buckets_off_also_clears_a_start_step():
+    """textrec train refuses --width-buckets-from without buckets, so wherever the script turns buckets off (the
+    device check's WIDTH_BUCKETS=0, the retry) it clears a --width-buckets-from that TRAIN_ARGS or a recipe gave."""
+    script = (ROOT / "tools" / "gpu_lease.sh").read_text()
+    assert 'if [ "$WIDTH_BUCKETS" = 0 ]; then EXTRA+=(--width-buckets-from 0); fi' in script
+    assert "EXTRA+=(--width-buckets 0 --width-buckets-from 0 --accept-changes)" in script

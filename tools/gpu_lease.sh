@@ -87,8 +87,12 @@ fi
 
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
 EXTRA+=(--seed "$SEED")
-# WIDTH_BUCKETS=N replaces the recipe's --width-buckets; the device check sets 0 where CUDA graphs fail at two widths
-[ -n "${WIDTH_BUCKETS:-}" ] && EXTRA+=(--width-buckets "$WIDTH_BUCKETS")
+# WIDTH_BUCKETS=N replaces the recipe's --width-buckets; the device check sets 0 where CUDA graphs fail at two widths.
+# 0 also clears a --width-buckets-from of TRAIN_ARGS or the recipe, which textrec train refuses without buckets.
+if [ -n "${WIDTH_BUCKETS:-}" ]; then
+    EXTRA+=(--width-buckets "$WIDTH_BUCKETS")
+    if [ "$WIDTH_BUCKETS" = 0 ]; then EXTRA+=(--width-buckets-from 0); fi
+fi
 log "train options: ${EXTRA[*]}"
 # Leave time for the interpreter, the model and the data to load before the budget's clock starts (about 10 s), and
 # for the last validation and save after it (a few s); the timeout below is the hard stop (SIGTERM saves the state).
@@ -119,7 +123,7 @@ if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 124 ] && [ "$LEFT" -gt 60 ]; then
         export "$setting"; log "retry fallback: $setting"
     done
     # full-width batches too (a saved run takes the change: --accept-changes)
-    EXTRA+=(--width-buckets 0 --accept-changes); log "retry fallback: --width-buckets 0"
+    EXTRA+=(--width-buckets 0 --width-buckets-from 0 --accept-changes); log "retry fallback: --width-buckets 0"
     if [ -z "${MAX_STEPS:-}" ] && [ ! -f "$RUN/resume.pt" ]; then  # nothing saved: a fresh run, with the time left
         SCHEDULE=(--max-steps 10000000 --time-budget "$(( LEFT - STARTUP ))")
         log "retry time budget: $(( LEFT - STARTUP ))s"
