@@ -82,6 +82,19 @@ def _ranked_at_random(regroup):
 
 
 @contextlib.contextmanager
+def patched(patches: list[tuple[object, str, object]]) -> Iterator[None]:
+    """Each (owner, attribute, value) set inside the block, and the old values put back after it."""
+    saved = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in patches]
+    for owner, attribute, value in patches:
+        setattr(owner, attribute, value)
+    try:
+        yield
+    finally:
+        for owner, attribute, value in saved:
+            setattr(owner, attribute, value)
+
+
+@contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     """textrec with the named mechanism changed, inside the block."""
     if name not in VARIANTS:
@@ -93,19 +106,14 @@ def variant(name: str) -> Iterator[None]:
         "shuffled": [(buckets, "cut_width", _full_width),
                      (buckets.WidthBuckets, "regroup", _ranked_at_random(buckets.WidthBuckets.regroup))],
     }[name]
-    saved = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in patches]
-    for owner, attribute, value in patches:
-        setattr(owner, attribute, value)
-    try:
+    with patched(patches):
         yield
-    finally:
-        for owner, attribute, value in saved:
-            setattr(owner, attribute, value)
 
 
-def main(argv: list[str]) -> None:
+def run_textrec(argv: list[str], variant, usage: str) -> None:
+    """`textrec ARGS` inside `variant(NAME)`, for a command line `NAME ARGS`."""
     if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit(__doc__)
+        raise SystemExit(usage)
     from cli.main import app
 
     with variant(argv[0]):
@@ -113,4 +121,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_textrec(sys.argv[1:], variant, __doc__)

@@ -157,3 +157,79 @@ def test_a_model_reads_the_same_with_either_pool(monkeypatch, backbone):
         monkeypatch.setattr(backbones, "strided_max_pool", lambda x, *_: pytest.fail("fast path taken"))
         monkeypatch.setattr(MaxPool, "forward", torch.nn.MaxPool2d.forward)
         assert torch.equal(fast, model(images))
+
+
+def _input_drive(model: CRNN) -> float:
+    """The standard deviation of the first recurrent layer's input products at initialisation."""
+    with torch.no_grad():
+        features = model.backbone(torch.rand(16, 1, 32, 100, generator=torch.Generator().manual_seed(1)))
+        frames = features.squeeze(2).permute(2, 0, 1)
+        return (frames @ model.sequence.weight_ih_l0.T).std().item()
+
+
+@pytest.mark.parametrize("backbone, channels", [("vgg", (32, 64, 128, 128, 256, 256, 128)), ("resnet", (16, 32, 64, 128))])
+def test_a_narrow_backbone_drives_the_first_recurrent_layer_as_vggs_512_wide_features_do(backbone, channels):
+    # torch's init gives every input weight ±1/sqrt(H): 128-wide features drove the gates half as hard as
+    # VGG's 512, and such models stayed on the CTC blank plateau (docs/model.md, "Backbones").
+    torch.manual_seed(0)
+    reference = CRNN(CRNNConfig(num_classes=37))
+    torch.manual_seed(0)
+    narrow = CRNN(CRNNConfig(num_classes=37, backbone=backbone, channels=channels))
+    bound = 1 / 256**0.5
+    for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+        assert bound * 0.99 < getattr(reference.sequence, name).abs().max() <= bound  # torch's, unchanged
+        assert 2 * bound * 0.99 < getattr(narrow.sequence, name).abs().max() <= 2 * bound  # sqrt(512 / 128)
+    assert narrow.sequence.weight_ih_l1.abs().max() <= bound  # the upper layer's input is 2H wide already
+    assert _input_drive(narrow) == pytest.approx(_input_drive(reference), rel=0.15)
+    torch.manual_seed(0)
+    mapped = CRNN(CRNNConfig(num_classes=37, backbone=backbone, channels=channels, refine="add", input_map=True))
+    assert mapped.sequence.weight_ih_l0.abs().max() <= bound  # the map sets the width: torch's init stays
+
+
+def test_the_backbone_start_experiments_change_one_thing_each_and_restore_it(monkeypatch):
+    """benchmarks/backbone_start.py: each variant builds the network it names; the ordinary one is back after it."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))  # as when run as a script: it imports bucket_plateau beside it
+    path = folder / "backbone_start.py"
+    spec = importlib.util.spec_from_file_location("backbone_start", path)
+    start = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(start)
+    slim = CRNNConfig(num_classes=37, backbone="resnet", channels=(16, 32, 64, 128))
+
+    def build(config=slim):
+        torch.manual_seed(0)
+        return CRNN(config)
+
+    ordinary = build()
+    bound = 1 / 256**0.5
+    with start.variant("torch-init"):
+        assert build().sequence.weight_ih_l0.abs().max() <= bound < ordinary.sequence.weight_ih_l0.abs().max()
+    with start.variant("zero-init-residual"):
+        blocks = [m for m in build().backbone.modules() if isinstance(m, backbones.BasicBlock)]
+        assert len(blocks) == 11 and all(not b.body[-1].weight.any() for b in blocks)
+    assert all(b.body[-1].weight.all() for b in ordinary.backbone.modules() if isinstance(b, backbones.BasicBlock))
+    with start.variant("stem16"):
+        model = build()
+        assert model.backbone.features[0].out_channels == model.backbone.features[3].out_channels == 16
+    with start.variant("blocks1111"):
+        assert sum(isinstance(m, backbones.BasicBlock) for m in build().backbone.modules()) == 4
+    with start.variant("out512"):
+        model = build()
+        assert model.backbone.out_channels == 512 and model.sequence.weight_ih_l0.shape[1] == 512
+        assert model.sequence.weight_ih_l0.abs().max() <= bound  # 512 = 2 x hidden: torch's init
+    for variant in start.VARIANTS:  # each built network reads, and the ordinary one is restored afterwards
+        with start.variant(variant):
+            assert build()(torch.rand(2, 1, 32, 64)).shape == (17, 2, 37)
+    with start.variant("torch-init,stem16"):  # several at once
+        model = build()
+        assert model.backbone.features[0].out_channels == 16 and model.sequence.weight_ih_l0.abs().max() <= bound
+    again = build()
+    assert again.backbone.features[0].out_channels == 4 and again.backbone.out_channels == 128
+    assert torch.equal(again.sequence.weight_ih_l0, ordinary.sequence.weight_ih_l0)
+    for wrong in ("wider", "stem16,out512"):
+        with pytest.raises(SystemExit, match="unknown variant|choose one"):
+            with start.variant(wrong):
+                pass

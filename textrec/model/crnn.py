@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -96,6 +97,24 @@ class CRNN(nn.Module):
             refine_rank=config.refine_rank,
         )
         self.head = nn.Linear(2 * config.hidden_size, config.num_classes)
+        self._match_input_drive()
+
+    def _match_input_drive(self) -> None:
+        """Scale the first recurrent layer's input weights as if its input were 2 x hidden wide.
+
+        torch's initialisation draws every weight in ±1/sqrt(hidden), whatever the input width, so
+        the gates' drive from the input grows with the square root of that width. The upper layer
+        of a bidirectional stack, and the first behind VGG's 512-wide features (hidden 256), see
+        2 x hidden inputs; a narrower backbone (a 128-wide last layer) gave half the drive, and
+        such a model stayed on the CTC blank plateau far longer (docs/model.md, "Backbones").
+        Models whose first input is 2 x hidden wide, or that map it (input_map), are unchanged.
+        """
+        width, target = self.backbone.out_channels, 2 * self.config.hidden_size
+        if width == target or self.config.input_map:
+            return
+        with torch.no_grad():
+            for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+                getattr(self.sequence, name).mul_(math.sqrt(target / width))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images)  # (B, C, 1, T)
