@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from benchmark_loader import load_benchmark
 from imagegen import png_bytes, render_word, write_lmdb
 from textrec.charset import Charset
 from textrec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -188,15 +189,7 @@ def test_a_narrow_backbone_drives_the_first_recurrent_layer_as_vggs_512_wide_fea
 
 def test_the_backbone_start_experiments_change_one_thing_each_and_restore_it(monkeypatch):
     """benchmarks/backbone_start.py: each variant builds the network it names; the ordinary one is back after it."""
-    import importlib.util
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(folder))  # as when run as a script: it imports bucket_plateau beside it
-    path = folder / "backbone_start.py"
-    spec = importlib.util.spec_from_file_location("backbone_start", path)
-    start = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(start)
+    start = load_benchmark("backbone_start", monkeypatch)
     slim = CRNNConfig(num_classes=37, backbone="resnet", channels=(16, 32, 64, 128))
 
     def build(config=slim):

@@ -736,14 +736,11 @@ def test_transfer_refuses_a_rank_change_with_other_changes(tmp_path):
         transfer_weights(other, charset, load_checkpoint(tmp_path / "full.safetensors"))
 
 
-def test_ablation_variant_names_take_a_rank():
+def test_ablation_variant_names_take_a_rank(monkeypatch):
     """benchmarks/refine_ablation.py (and rnn_speed.py --variants) spell a rank as r<N>."""
-    import importlib.util
+    from benchmark_loader import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "refine_ablation.py"
-    spec = importlib.util.spec_from_file_location("refine_ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_benchmark("refine_ablation", monkeypatch)
     values = ablation.parse_variant("add-io-vstart-tanh-r16")
     assert values["refine_rank"] == 16 and values["refine_gates"] == ["i", "o"] and values["refine_init"] == "vanilla"
     assert ablation.layer_options(values)["refine_rank"] == 16

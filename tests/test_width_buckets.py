@@ -315,17 +315,12 @@ def test_the_benchmark_counts_the_work_as_training_cuts_it():
     assert pooled_share(batches, 2, FULL, output_length) == pytest.approx((144 * 2 + 160 * 2) / (160 * 4))
 
 
-def test_the_plateau_experiments_change_one_mechanism_each_and_restore_it():
+def test_the_plateau_experiments_change_one_mechanism_each_and_restore_it(monkeypatch):
     """benchmarks/bucket_plateau.py: `uncut` keeps the dealing but not the cut; `groupnorm` swaps the backbone's norm."""
-    import importlib.util
-    from pathlib import Path
-
+    from benchmark_loader import load_benchmark
     from textrec.model import CRNN, CRNNConfig
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bucket_plateau.py"
-    spec = importlib.util.spec_from_file_location("bucket_plateau", path)
-    plateau = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plateau)
+    plateau = load_benchmark("bucket_plateau", monkeypatch)
 
     def dealt(seed=3):
         return [(batch.labels, images) for batch, images in WidthBuckets(random_pool(8, 16), 8, 0, output_length, seed=seed)]

@@ -110,8 +110,9 @@ class WidthBuckets:
                 yield batch, None
                 continue
             images = finished[0]
-            self.pixels += images.shape[-1] * images.shape[0]
-            self.full_pixels += images.shape[-1] * images.shape[0]
+            columns = images.shape[-1] * images.shape[0]  # at full width: trained and full-width columns alike
+            self.pixels += columns
+            self.full_pixels += columns
             yield batch, images
         number = max(self.first_step, self.start) // self.pool
         skip = self.skip
